@@ -1,0 +1,179 @@
+"""The ``Registry`` facade: the one entry point the CLI and Python users call.
+
+Every public method is keyword-only and returns frozen dataclasses from
+``lorareg.registry.results``; the heavy lifting lives in small modules next to this one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from sqlmodel import Session, select
+
+from lorareg.errors import LoraregError
+from lorareg.registry import catalog
+from lorareg.registry import models as m
+from lorareg.registry.home import Home
+from lorareg.registry.refs import check_alias, check_name
+from lorareg.registry.results import AliasInfo, EventInfo, VerifyResult, VersionInfo
+
+KINDS = ("base", "adapter", "merge")
+
+
+class Registry:
+    """A registry of base models, LoRA adapters and merged versions.
+
+    Example::
+
+        reg = Registry.open()                      # LORAREG_HOME or ~/.lorareg
+        base = reg.add_base(path="./llama-tiny")
+        ad = reg.add_adapter(path="./my-lora", base=base.ref)
+    """
+
+    def __init__(self, *, home: Home, engine, blobs) -> None:
+        self.home = home
+        self.engine = engine
+        self.blobs = blobs
+
+    @classmethod
+    def open(cls, home: str | os.PathLike[str] | None = None, *, database_url: str | None = None) -> "Registry":
+        """Open (creating if needed) the registry at ``home``; upgrades its schema to head.
+
+        ``database_url`` (or ``LORAREG_DATABASE_URL``) puts the tables in another database,
+        e.g. PostgreSQL for a team; blobs always live under ``home``."""
+        from lorareg.registry.db import make_engine, sqlite_url, upgrade
+        from lorareg.store.blobs import BlobStore
+
+        h = Home.resolve(home)
+        h.ensure()
+        url = database_url or os.environ.get("LORAREG_DATABASE_URL") or sqlite_url(h.db_path)
+        engine = make_engine(url)
+        upgrade(engine)
+        return cls(home=h, engine=engine, blobs=BlobStore(h.blobs))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "Registry":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- registering ------------------------------------------------------------------
+    def add_base(self, *, path: str | os.PathLike[str], name: str | None = None, reference: bool = False,
+                 allow_pickle: bool = False, progress: Callable[[int], None] | None = None) -> VersionInfo:
+        """Register a Hugging Face checkpoint folder (copied into the store, or tracked by reference)."""
+        from lorareg.registry.adding import add_base
+
+        return add_base(self, path=Path(path), name=name, reference=reference, allow_pickle=allow_pickle,
+                        progress=progress)
+
+    def add_adapter(self, *, path: str | os.PathLike[str], base: str, name: str | None = None,
+                    allow_pickle: bool = False, progress: Callable[[int], None] | None = None) -> VersionInfo:
+        """Register a PEFT adapter folder against ``base`` after checking it fits."""
+        from lorareg.registry.adding import add_adapter
+
+        return add_adapter(self, path=Path(path), base=base, name=name, allow_pickle=allow_pickle, progress=progress)
+
+    # -- reading ----------------------------------------------------------------------
+    def get(self, ref: str) -> VersionInfo:
+        """Resolve ``name``, ``name@3`` or ``name@alias``."""
+        with Session(self.engine) as session:
+            return catalog.to_info(session, self.home, catalog.resolve(session, ref))
+
+    def ls(self, *, kind: str | None = None, name: str | None = None) -> list[VersionInfo]:
+        if kind is not None and kind not in KINDS:
+            raise LoraregError(f"unknown kind {kind!r}", hint="use one of: bases, adapters, merges")
+        with Session(self.engine) as session:
+            q = select(m.Version)
+            if kind:
+                q = q.where(m.Version.kind == kind)
+            if name:
+                q = q.where(m.Version.name == check_name(name))
+            rows = session.exec(q.order_by(m.Version.kind, m.Version.name, m.Version.version)).all()
+            return [catalog.to_info(session, self.home, r, with_files=False) for r in rows]
+
+    def log(self, *, ref: str | None = None, limit: int = 50) -> list[EventInfo]:
+        """Events, newest first (optionally only those of one name)."""
+        import json
+
+        with Session(self.engine) as session:
+            q = select(m.Event)
+            if ref:
+                name = ref.partition("@")[0]
+                q = q.where((m.Event.ref == name) | m.Event.ref.startswith(f"{name}@"))
+            rows = session.exec(q.order_by(m.Event.id.desc()).limit(limit)).all()
+            return [EventInfo(id=e.id, time=e.time, user=e.user, action=e.action, ref=e.ref,
+                              args=json.loads(e.args_json)) for e in rows]
+
+    def materialize_path(self, info: VersionInfo) -> Path:
+        """The folder ``from_pretrained`` loads for ``info``; recreates missing link folders."""
+        if info.path is None:
+            raise LoraregError(f"{info.ref} has no files", hint=f"rebuild it with: lorareg rebuild {info.ref}")
+        if not info.path.exists() and info.stored:
+            from lorareg.registry.adding import link_version
+
+            link_version(self, info.name, info.version, {f.path: f.sha256 for f in info.files})
+        return info.path
+
+    # -- integrity ---------------------------------------------------------------------
+    def verify(self, *, ref: str | None = None, all: bool = False,
+               progress: Callable[[int], None] | None = None) -> list[VerifyResult]:
+        """Re-hash the files of ``ref`` (or of everything with ``all=True``)."""
+        from lorareg.registry.verifying import verify_blobs, verify_version
+
+        if not ref and not all:
+            raise LoraregError("say what to verify", hint="lorareg verify NAME@VERSION, or lorareg verify --all")
+        with Session(self.engine) as session:
+            rows = [catalog.resolve(session, ref)] if ref else session.exec(select(m.Version).order_by(m.Version.id)).all()
+            results = [verify_version(self, session, r, progress=progress) for r in rows]
+            if all:
+                seen = {p for r in results for p in r.problems}
+                results += [b for b in verify_blobs(self, session) if not any(b.problems[0][:18] in s for s in seen)]
+            catalog.record_event(session, "verify", ref=ref or "*", ok=all_ok(results))
+            session.commit()
+            return results
+
+    # -- aliases ------------------------------------------------------------------------
+    def set_alias(self, *, name: str, alias: str, version: int) -> AliasInfo:
+        """Point ``name@alias`` at ``version`` (recorded as an event, so history is kept)."""
+        check_alias(alias)
+        with Session(self.engine) as session:
+            row = catalog.resolve(session, f"{check_name(name)}@{int(version)}")
+            existing = session.get(m.Alias, (name, alias))
+            before = session.get(m.Version, existing.version_id).version if existing else None
+            if existing is None:
+                existing = m.Alias(name=name, alias=alias, version_id=row.id)
+            existing.version_id = row.id
+            existing.updated_at = m.utcnow()
+            session.add(existing)
+            catalog.record_event(session, "alias", ref=f"{name}@{alias}", version_id=row.id,
+                                 alias=alias, version=row.version, previous=before)
+            session.commit()
+            return AliasInfo(name=name, alias=alias, version=row.version, updated_at=existing.updated_at)
+
+    def remove_alias(self, *, name: str, alias: str) -> None:
+        with Session(self.engine) as session:
+            existing = session.get(m.Alias, (check_name(name), check_alias(alias)))
+            if existing is None:
+                from lorareg.errors import NotFoundError
+
+                raise NotFoundError(f"{name} has no alias {alias!r}", hint=f"see its aliases with: lorareg alias ls {name}")
+            before = session.get(m.Version, existing.version_id).version
+            session.delete(existing)
+            catalog.record_event(session, "alias-rm", ref=f"{name}@{alias}", alias=alias, previous=before)
+            session.commit()
+
+    def aliases(self, *, name: str | None = None) -> list[AliasInfo]:
+        with Session(self.engine) as session:
+            q = select(m.Alias, m.Version).where(m.Alias.version_id == m.Version.id)
+            if name:
+                q = q.where(m.Alias.name == name)
+            return [AliasInfo(name=a.name, alias=a.alias, version=v.version, updated_at=a.updated_at)
+                    for a, v in session.exec(q.order_by(m.Alias.name, m.Alias.alias)).all()]
+
+
+def all_ok(results: list[VerifyResult]) -> bool:
+    return all(r.ok for r in results)

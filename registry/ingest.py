@@ -1,0 +1,131 @@
+"""Checking what a user hands us before anything is written: is it a checkpoint, an
+adapter, safetensors or pickle; and reading the facts `show` prints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorareg.errors import CheckpointError, NotFoundError, PickleRefusedError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class Checked:
+    folder: Path  # the folder to hash: the user's, or a converted copy in LORAREG_HOME/tmp
+    converted_from_pickle: bool
+
+
+def _require_folder(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise NotFoundError(f"no such {what} folder: {path}", hint="check the path, or use hf://org/name for the Hub")
+    if not path.is_dir():
+        raise CheckpointError(
+            f"{path} is a file, not a {what} folder", hint=f"pass the folder that holds the {what}'s files"
+        )
+    return path.resolve()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc.__class__.__name__})",
+                              hint="re-download or re-save the checkpoint") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object", hint="re-download or re-save the checkpoint")
+    return data
+
+
+def _weights(folder: Path, *, allow_pickle: bool, stem: str) -> tuple[list[Path], list[Path]]:
+    safetensors = sorted(folder.glob("*.safetensors"))
+    pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    if not safetensors and pickles and not allow_pickle:
+        raise PickleRefusedError(f"{folder} holds only pickle weights ({pickles[0].name}); pickle can run code when loaded")
+    if not safetensors and not pickles:
+        raise CheckpointError(f"{folder} has no weights: no *.safetensors file",
+                              hint=f"pass the folder that holds {stem}.safetensors")
+    return safetensors, pickles
+
+
+def check_base(path: Path, *, allow_pickle: bool, scratch: Path) -> Checked:
+    folder = _require_folder(Path(path), "checkpoint")
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{folder} is not a Hugging Face checkpoint: no config.json",
+                              hint="pass a folder written by save_pretrained()")
+    _read_json(folder / "config.json")
+    safetensors, pickles = _weights(folder, allow_pickle=allow_pickle, stem="model")
+    if safetensors:
+        return Checked(folder, False)
+    return Checked(convert_pickle(folder, pickles, scratch, out_name="model.safetensors"), True)
+
+
+def check_adapter(path: Path, *, allow_pickle: bool, scratch: Path) -> Checked:
+    folder = _require_folder(Path(path), "adapter")
+    if not (folder / ADAPTER_CONFIG).is_file():
+        raise CheckpointError(f"{folder} is not a PEFT adapter: no {ADAPTER_CONFIG}",
+                              hint="pass a folder written by PeftModel.save_pretrained()")
+    _read_json(folder / ADAPTER_CONFIG)
+    safetensors, pickles = _weights(folder, allow_pickle=allow_pickle, stem="adapter_model")
+    if safetensors:
+        return Checked(folder, False)
+    return Checked(convert_pickle(folder, pickles, scratch, out_name="adapter_model.safetensors"), True)
+
+
+def convert_pickle(folder: Path, pickles: list[Path], scratch: Path, *, out_name: str) -> Path:
+    """Load pickle weights with ``weights_only=True`` (no code runs) and write one
+    safetensors file next to copies of the other files."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors: dict[str, Any] = {}
+    for p in pickles:
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"cannot load {p.name} with weights_only=True: {str(exc).splitlines()[0]}",
+                                  hint="re-save the weights as safetensors") from exc
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{p.name} does not hold a state dict", hint="re-save the weights as safetensors")
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[key] = value.detach().contiguous().clone()  # clone: tied tensors share storage
+    scratch.mkdir(parents=True, exist_ok=True)
+    out = Path(scratch) / f"converted-{folder.name}"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir()
+    for f in folder.iterdir():
+        if f.is_file() and f.suffix not in PICKLE_SUFFIXES and not f.name.endswith(".index.json"):
+            shutil.copy2(f, out / f.name)
+    save_file(tensors, str(out / out_name), metadata={"format": "pt"})
+    return out
+
+
+def describe_base(folder: Path, tensors: Any) -> dict[str, Any]:
+    """architecture, dtype and parameter count from config.json and the tensor headers."""
+    config = _read_json(folder / "config.json")
+    archs = config.get("architectures") or []
+    counts: dict[str, int] = {}
+    params = 0
+    for t in tensors:
+        n = 1
+        for d in t.shape:
+            n *= d
+        params += n
+        counts[t.dtype] = counts.get(t.dtype, 0) + n
+    dtype = max(counts, key=counts.get) if counts else ""
+    return {
+        "architecture": archs[0] if archs else config.get("model_type", ""),
+        "model_type": config.get("model_type", ""),
+        "dtype": dtype,
+        "param_count": params,
+        "hidden_size": config.get("hidden_size", config.get("n_embd")),
+        "num_layers": config.get("num_hidden_layers", config.get("n_layer")),
+        "tie_word_embeddings": config.get("tie_word_embeddings"),
+    }

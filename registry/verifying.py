@@ -1,0 +1,73 @@
+"""Re-hashing what is recorded: blobs in the store, folders tracked by reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlmodel import Session, select
+
+from lorareg.errors import CheckpointError, IntegrityError, NotFoundError
+from lorareg.registry import models as m
+from lorareg.registry.results import VerifyResult
+
+if TYPE_CHECKING:
+    from lorareg.registry.api import Registry
+
+
+def verify_version(reg: "Registry", session: Session, row: m.Version, *, progress=None) -> VerifyResult:
+    ref = f"{row.name}@{row.version}"
+    files = session.exec(select(m.FileRow).where(m.FileRow.version_id == row.id)).all()
+    problems: list[str] = []
+    if row.kind == "base" and not row.stored:
+        problems += _verify_reference(session.get(m.Base, row.id).source_path, files, row.digest, progress)
+    elif row.stored:
+        for f in files:
+            try:
+                reg.blobs.verify(f.sha256)
+            except NotFoundError:
+                problems.append(f"{f.path}: blob {f.sha256[:12]} is missing from the store")
+            except IntegrityError:
+                problems.append(f"{f.path}: blob {f.sha256[:12]} is corrupt (its bytes no longer hash to it)")
+    return VerifyResult(ref=ref, ok=not problems, checked_files=len(files), problems=tuple(problems))
+
+
+def _verify_reference(source: str, files, digest: str, progress) -> list[str]:
+    from lorareg.store.digest import checkpoint_digest
+
+    folder = Path(source)
+    if not folder.is_dir():
+        return [f"{folder} is gone (the base is tracked by reference)"]
+    problems = []
+    for f in files:
+        p = folder / f.path
+        if not p.is_file():
+            problems.append(f"{f.path}: missing from {folder}")
+        elif p.stat().st_size != f.size:
+            problems.append(f"{f.path}: size changed ({f.size} -> {p.stat().st_size} bytes)")
+    if problems:
+        return problems
+    try:
+        cd = checkpoint_digest(folder, progress=progress)
+    except CheckpointError as exc:
+        return [str(exc)]
+    recorded = {f.path: f.sha256 for f in files}
+    for rel, sha in recorded.items():
+        if cd.files.get(rel) is None or cd.files[rel].sha256 != sha:
+            problems.append(f"{rel}: content changed since it was added")
+    if cd.digest != digest and not problems:
+        problems.append(f"tensor digest changed: {digest} -> {cd.digest}")
+    return problems
+
+
+def verify_blobs(reg: "Registry", session: Session) -> list[VerifyResult]:
+    """Every blob in the store, including those only a manifest references."""
+    bad = reg.blobs.verify_all()
+    out = []
+    for sha in bad:
+        users = session.exec(select(m.FileRow, m.Version).where(m.FileRow.sha256 == sha,
+                                                                m.FileRow.version_id == m.Version.id)).all()
+        refs = sorted({f"{v.name}@{v.version}" for _, v in users})
+        out.append(VerifyResult(ref=f"blob:{sha[:12]}", ok=False, checked_files=1,
+                                problems=(f"blob {sha[:12]} is corrupt; affects {', '.join(refs) or 'no version'}",)))
+    return out
