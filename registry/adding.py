@@ -56,7 +56,7 @@ def add_base(reg: "Registry", *, path: Path, name: str | None, reference: bool, 
 
         raise CheckpointError("a pickle checkpoint cannot be tracked by reference: it must be converted",
                               hint="drop --reference to store a converted safetensors copy")
-    name = check_name(name) if name else default_name(hub["repo_id"].split("/")[-1] if hub else Path(path).resolve().name)
+    name = check_name(name) if name is not None else default_name(hub["repo_id"].split("/")[-1] if hub else Path(path).resolve().name)
     try:
         cd = checkpoint_digest(checked.folder, progress=progress)
         summary = describe_base(checked.folder, cd.tensors)
@@ -103,7 +103,7 @@ def add_adapter(reg: "Registry", *, path: Path, base: str, name: str | None, all
     from lorareg.store.digest import checkpoint_digest, digest_json, manifest_text
 
     checked = check_adapter(Path(path), allow_pickle=allow_pickle, scratch=reg.home.tmp)
-    name = check_name(name) if name else default_name(hub["repo_id"].split("/")[-1] if hub else Path(path).resolve().name)
+    name = check_name(name) if name is not None else default_name(hub["repo_id"].split("/")[-1] if hub else Path(path).resolve().name)
     try:
         base_info = reg.get(base)
         if base_info.kind != "base":

@@ -1,0 +1,131 @@
+"""Registering bases and adapters through the Python API."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lorareg.errors import LoraregError, NotFoundError
+
+
+def test_add_base_stores_files_and_loads_with_transformers(reg, llama):
+    from transformers import AutoModelForCausalLM
+
+    info = reg.add_base(path=llama, name="llama")
+    assert info.ref == "llama@1" and info.kind == "base" and info.version == 1
+    assert info.digest.startswith("sha256:") and len(info.digest) == 71
+    assert {f.path for f in info.files} >= {"config.json", "model.safetensors", "tokenizer.json"}
+    assert info.details["architecture"] == "LlamaForCausalLM"
+    assert info.details["param_count"] > 0
+    # the version folder is links into the store, and loads as a normal checkpoint
+    assert (info.path / "model.safetensors").is_symlink()
+    model = AutoModelForCausalLM.from_pretrained(info.path)
+    assert model.config.hidden_size == 32
+
+
+def test_readding_identical_content_returns_existing_version(reg, llama):
+    first = reg.add_base(path=llama, name="llama")
+    again = reg.add_base(path=llama, name="llama")
+    assert again.ref == first.ref and again.existed
+    assert [v.ref for v in reg.ls()] == ["llama@1"]
+
+
+def test_new_content_under_same_name_is_next_version(reg, llama, tmp_path):
+    from factories import make_llama
+
+    reg.add_base(path=llama, name="llama")
+    other = make_llama(tmp_path / "llama-b", seed=7)
+    v2 = reg.add_base(path=other, name="llama")
+    assert v2.ref == "llama@2"
+    assert reg.get("llama").version == 2  # latest, no alias set
+    reg.set_alias(name="llama", alias="current", version=1)
+    assert reg.get("llama").version == 1  # `current` wins
+    assert reg.get("llama@2").digest == v2.digest
+    assert reg.get("llama@current").version == 1
+
+
+def test_digest_independent_of_sharding(reg, tmp_path):
+    from factories import make_llama
+
+    one = make_llama(tmp_path / "one", seed=3)
+    sharded = make_llama(tmp_path / "sharded", seed=3, max_shard_size="40KB")
+    assert (sharded / "model.safetensors.index.json").exists()
+    a = reg.add_base(path=one, name="one")
+    b = reg.add_base(path=sharded, name="sharded")
+    assert a.digest == b.digest
+
+
+def test_reference_base_detects_changes(reg, llama, tmp_path):
+    folder = tmp_path / "ref-llama"
+    shutil.copytree(llama, folder)
+    info = reg.add_base(path=folder, name="refllama", reference=True)
+    assert not info.stored and info.path == folder.resolve()
+    assert not any((reg.home.blobs / "sha256").rglob("*")) or all(
+        p.stat().st_size < 10_000 for p in (reg.home.blobs / "sha256").rglob("*") if p.is_file()
+    )  # only the small manifest blob is stored
+    assert reg.verify(ref="refllama")[0].ok
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["hidden_act"] = "gelu"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    result = reg.verify(ref="refllama")[0]
+    assert not result.ok and "config.json" in result.problems[0]
+
+
+def test_pickle_base_is_converted_with_allow_pickle(reg, llama, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    shutil.copy(llama / "config.json", folder / "config.json")
+    torch.save(load_file(llama / "model.safetensors"), folder / "pytorch_model.bin")
+    info = reg.add_base(path=folder, name="pickled", allow_pickle=True)
+    assert reg.add_base(path=llama, name="orig").digest == info.digest
+    assert {f.path for f in info.files} == {"config.json", "model.safetensors"}
+
+
+def test_add_adapter_checks_and_records_config(reg, llama, llama_lora):
+    base = reg.add_base(path=llama, name="llama")
+    ad = reg.add_adapter(path=llama_lora, base="llama", name="chat")
+    assert ad.ref == "chat@1" and ad.kind == "adapter"
+    assert ad.details["r"] == 4 and ad.details["lora_alpha"] == 8
+    assert ad.details["base"] == base.ref
+    assert "q_proj" in ad.details["target_modules"]
+    assert reg.add_adapter(path=llama_lora, base="llama", name="chat").existed
+
+
+def test_adapter_for_another_architecture_is_refused(reg, llama, gpt2_lora):
+    reg.add_base(path=llama, name="llama")
+    with pytest.raises(LoraregError) as exc:
+        reg.add_adapter(path=gpt2_lora, base="llama", name="wrong")
+    assert "c_attn" in str(exc.value)
+
+
+def test_unknown_reference(reg):
+    with pytest.raises(NotFoundError) as exc:
+        reg.get("nothing@3")
+    assert "lorareg ls" in exc.value.hint
+
+
+def test_name_kind_is_fixed(reg, llama, llama_lora):
+    reg.add_base(path=llama, name="llama")
+    with pytest.raises(LoraregError, match="already belongs to a base"):
+        reg.add_adapter(path=llama_lora, base="llama", name="llama")
+
+
+def test_aliases_and_log(reg, llama, tmp_path):
+    from factories import make_llama
+
+    reg.add_base(path=llama, name="llama")
+    reg.add_base(path=make_llama(tmp_path / "b", seed=9), name="llama")
+    reg.set_alias(name="llama", alias="prod", version=2)
+    reg.set_alias(name="llama", alias="prod", version=1)
+    assert [(a.alias, a.version) for a in reg.aliases(name="llama")] == [("prod", 1)]
+    events = reg.log(ref="llama")
+    moves = [e for e in events if e.action == "alias"]
+    assert [(e.args["version"], e.args["previous"]) for e in moves] == [(1, 2), (2, None)]
+    reg.remove_alias(name="llama", alias="prod")
+    assert reg.aliases(name="llama") == []
