@@ -113,3 +113,50 @@ def step_progress(description: str) -> Iterator[Any]:
             bar.update(task, completed=done, total=total, label=label[-48:])
 
         yield update
+
+
+def tree(graph) -> None:
+    """A lineage graph as a rich Tree (plain indented text when piped)."""
+    children: dict[str, list] = {}
+    for e in graph.edges:
+        key = e.src if graph.direction == "up" else e.dst
+        children.setdefault(key, []).append(e)
+    nodes = {n.ref: n for n in graph.nodes}
+
+    def label(ref: str, edge=None) -> str:
+        n = nodes[ref]
+        role = ""
+        if edge is not None:
+            role = f"[{edge.role}{'' if edge.weight is None else f' x{edge.weight:g}'}] "
+        src = f"  ({n.source})" if n.source and n.source != "store" else ""
+        state = "" if n.stored else "  (recipe only)"
+        return f"{role}{n.kind} {ref}  {short(n.digest)}{src}{state}"
+
+    def walk(ref: str, seen: frozenset):
+        for e in children.get(ref, []):
+            other = e.dst if graph.direction == "up" else e.src
+            yield e, other, other in seen
+
+    if is_terminal():
+        from rich.tree import Tree
+
+        root = Tree(label(graph.root))
+
+        def build(node, ref, seen):
+            for e, other, loop in walk(ref, seen):
+                child = node.add(label(other, e))
+                if not loop:
+                    build(child, other, seen | {other})
+
+        build(root, graph.root, frozenset({graph.root}))
+        _console().print(root)
+        return
+    click.echo(label(graph.root))
+
+    def emit(ref, depth, seen):
+        for e, other, loop in walk(ref, seen):
+            click.echo("  " * depth + "- " + label(other, e))
+            if not loop:
+                emit(other, depth + 1, seen | {other})
+
+    emit(graph.root, 1, frozenset({graph.root}))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from sqlmodel import Session, select
 
@@ -16,7 +16,7 @@ from lorareg.registry import catalog
 from lorareg.registry import models as m
 from lorareg.registry.home import Home
 from lorareg.registry.refs import check_alias, check_name
-from lorareg.registry.results import AliasInfo, EventInfo, VerifyResult, VersionInfo
+from lorareg.registry.results import AliasInfo, EventInfo, GcResult, VerifyResult, VersionInfo
 
 KINDS = ("base", "adapter", "merge")
 
@@ -110,6 +110,8 @@ class Registry:
 
     def materialize_path(self, info: VersionInfo) -> Path:
         """The folder ``from_pretrained`` loads for ``info``; recreates missing link folders."""
+        if info.kind == "merge" and not info.stored:
+            info = self.materialize(info.ref)
         if info.path is None:
             raise LoraregError(f"{info.ref} has no files", hint=f"rebuild it with: lorareg rebuild {info.ref}")
         if not info.path.exists() and info.stored:
@@ -173,6 +175,76 @@ class Registry:
                 q = q.where(m.Alias.name == name)
             return [AliasInfo(name=a.name, alias=a.alias, version=v.version, updated_at=a.updated_at)
                     for a, v in session.exec(q.order_by(m.Alias.name, m.Alias.alias)).all()]
+
+    # -- merging ------------------------------------------------------------------------
+    def merge(self, *, base: str, adapters: Sequence[str | tuple[str, float]], name: str, method: str = "linear",
+              density: float | None = None, majority_sign_method: str = "total", seed: int | None = None,
+              dtype: str = "auto", adapter_dtype: str = "float32", as_adapter: str | None = None,
+              rank: int | None = None, keep: str = "files", allow_base_mismatch: bool = False,
+              max_shard_size: int = 5 * 2**30, message: str | None = None,
+              progress: Callable[[int, int, str], None] | None = None) -> VersionInfo:
+        """Merge adapters (``"chat@2"``, ``"chat@2:0.5"`` or ``("chat@2", 0.5)``) into ``base``.
+
+        The recipe (input digests, weights, method, parameters, seed, dtype, library versions)
+        is recorded; an identical recipe under the same name returns the existing version."""
+        from lorareg.registry.merging import merge
+
+        return merge(self, base=base, adapters=adapters, name=name, method=method, density=density,
+                     majority_sign_method=majority_sign_method, seed=seed, dtype=dtype, adapter_dtype=adapter_dtype,
+                     output=as_adapter or "model", rank=rank, keep=keep, allow_base_mismatch=allow_base_mismatch,
+                     max_shard_size=max_shard_size, progress=progress, message=message)
+
+    def export(self, *, ref: str, dest: str | os.PathLike[str],
+               progress: Callable[[int, int, str], None] | None = None) -> VersionInfo:
+        """Write a version's files to ``dest`` as a standalone folder (rebuilt first if recipe only)."""
+        from lorareg.registry.housekeeping import export
+
+        return export(self, ref=ref, dest=Path(dest), progress=progress)
+
+    def materialize(self, ref: str, *, progress: Callable[[int, int, str], None] | None = None) -> VersionInfo:
+        """Give a recipe-only merge its files back (rebuilt, digest checked, stored)."""
+        from lorareg.registry.rebuilding import materialize
+
+        materialize(self, ref, progress=progress)
+        return self.get(ref)
+
+    def rebuild(self, *, ref: str, keep_files: bool = False,
+                progress: Callable[[int, int, str], None] | None = None):
+        """Re-run a merge's recipe and compare digests; returns a RebuildResult (``ok`` or what differs)."""
+        from lorareg.registry.rebuilding import rebuild
+
+        return rebuild(self, ref=ref, keep_files=keep_files, progress=progress)
+
+    def rollback(self, *, ref: str, adapter: str | None = None, to: int | None = None, alias: str = "current",
+                 strategy: str = "rebuild", message: str | None = None,
+                 progress: Callable[[int, int, str], None] | None = None):
+        """Take ``adapter`` out of a merge (a new version), or move ``alias`` back ``to`` a version."""
+        from lorareg.registry import rollback as rb
+
+        if (adapter is None) == (to is None):
+            raise LoraregError("say what to roll back", hint="lorareg rollback REF --adapter NAME, or NAME --to VERSION")
+        if to is not None:
+            return rb.rollback_alias(self, name=ref.partition("@")[0], to=to, alias=alias, message=message)
+        return rb.rollback_adapter(self, ref=ref, adapter=adapter, strategy=strategy, message=message,
+                                   progress=progress)
+
+    def lineage(self, *, ref: str, down: bool = False):
+        """The graph of what ``ref`` was made from (or, with ``down``, what was made from it)."""
+        from lorareg.registry.lineage import lineage
+
+        return lineage(self, ref=ref, down=down)
+
+    def diff(self, *, a: str, b: str) -> dict:
+        from lorareg.registry.lineage import diff
+
+        return diff(self, a=a, b=b)
+
+    def gc(self, *, evict: Sequence[str] = (), merges_older_than_days: float | None = None,
+           dry_run: bool = False) -> GcResult:
+        """Evict merges to recipe only (optional), then delete blobs nothing references and stale temp files."""
+        from lorareg.registry.housekeeping import gc
+
+        return gc(self, evict_refs=tuple(evict), merges_older_than_days=merges_older_than_days, dry_run=dry_run)
 
 
 def all_ok(results: list[VerifyResult]) -> bool:

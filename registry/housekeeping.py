@@ -1,0 +1,103 @@
+"""Export, eviction (keep a merge as recipe only) and garbage collection."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlmodel import Session, select
+
+from lorareg.errors import LoraregError
+from lorareg.registry import catalog
+from lorareg.registry import models as m
+from lorareg.registry.results import GcResult, VersionInfo
+
+if TYPE_CHECKING:
+    from lorareg.registry.api import Registry
+
+
+def export(reg: "Registry", *, ref: str, dest: Path, progress=None) -> VersionInfo:
+    """Write a version's files as a plain folder (real files, no links)."""
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise LoraregError(f"{dest} exists and is not empty", hint="pick a new folder to export into")
+    info = reg.get(ref)
+    if info.kind == "merge" and not info.stored:
+        reg.materialize(info.ref, progress=progress)
+        info = reg.get(info.ref)
+    src = reg.materialize_path(info)
+    tmp = dest.with_name(f".{dest.name}.incomplete")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for f in info.files:
+            target = tmp / f.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / f.path, target)  # follows the link into the store
+        if dest.exists():
+            dest.rmdir()
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    with Session(reg.engine) as session:
+        catalog.record_event(session, "export", ref=info.ref, version_id=None, dest=str(dest))
+        session.commit()
+    return info
+
+
+def evict(reg: "Registry", session: Session, row: m.Version) -> bool:
+    if row.kind != "merge":
+        raise LoraregError(f"{row.name}@{row.version} is a {row.kind}; only merges can be kept as recipe only",
+                           hint="lorareg ls merges")
+    if not row.stored:
+        return False
+    row.stored = False
+    session.add(row)
+    catalog.record_event(session, "evict", ref=f"{row.name}@{row.version}", version_id=row.id)
+    shutil.rmtree(reg.home.version_dir(row.name, row.version), ignore_errors=True)
+    return True
+
+
+def referenced_blobs(session: Session) -> set[str]:
+    rows = session.exec(select(m.FileRow.sha256).join(m.Version, m.Version.id == m.FileRow.version_id)
+                        .where(m.Version.stored == True)).all()  # noqa: E712
+    manifests = session.exec(select(m.Version.manifest_sha256).where(m.Version.manifest_sha256 != None)).all()  # noqa: E711
+    return set(rows) | {x for x in manifests if x}
+
+
+def gc(reg: "Registry", *, evict_refs: tuple[str, ...] = (), merges_older_than_days: float | None = None,
+       dry_run: bool = False) -> GcResult:
+    evicted: list[str] = []
+    with Session(reg.engine) as session:
+        rows = [catalog.resolve(session, r) for r in evict_refs]
+        if merges_older_than_days is not None:
+            cutoff = m.utcnow() - timedelta(days=merges_older_than_days)
+            protected = {a.version_id for a in session.exec(select(m.Alias)).all()}
+            for v in session.exec(select(m.Version).where(m.Version.kind == "merge", m.Version.stored == True)).all():  # noqa: E712
+                created = v.created_at if v.created_at.tzinfo else v.created_at.replace(tzinfo=cutoff.tzinfo)
+                if created < cutoff and v.id not in protected:
+                    rows.append(v)
+        for row in rows:
+            if dry_run:
+                evicted.append(f"{row.name}@{row.version}") if row.stored else None
+            elif evict(reg, session, row):
+                evicted.append(f"{row.name}@{row.version}")
+        if dry_run:
+            keep = referenced_blobs(session)
+            gone = {catalog.resolve(session, r).id for r in evicted}
+            keep -= set(session.exec(select(m.FileRow.sha256).where(m.FileRow.version_id.in_(gone))).all()) - {
+                f for f in session.exec(select(m.FileRow.sha256).join(m.Version, m.Version.id == m.FileRow.version_id)
+                                        .where(m.Version.stored == True, m.Version.id.not_in(gone))).all()}  # noqa: E712
+        else:
+            session.commit()
+            keep = referenced_blobs(session)
+        report = reg.blobs.gc(keep, dry_run=dry_run)
+        if not dry_run:
+            catalog.record_event(session, "gc", ref="*", evicted=evicted, blobs_removed=len(report.removed),
+                                 bytes_freed=report.bytes_freed)
+            session.commit()
+    return GcResult(blobs_removed=len(report.removed), bytes_freed=report.bytes_freed,
+                    temp_files_removed=report.temp_files_removed, evicted=tuple(evicted))
