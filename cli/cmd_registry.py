@@ -58,14 +58,16 @@ def _hub_or_path(path: str) -> bool:
 @click.option("--name", help="Name to register under (default: derived from the folder).")
 @click.option("--reference", is_flag=True, help="Track the folder in place instead of copying it into the store.")
 @click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin (loaded with weights_only=True, converted).")
+@click.option("--endpoint", envvar="HF_ENDPOINT", help="Hub endpoint for hf:// paths.")
 @json_option
 @with_registry
-def add_base(reg, path: str, name: str | None, reference: bool, allow_pickle: bool, as_json: bool) -> None:
+def add_base(reg, path: str, name: str | None, reference: bool, allow_pickle: bool, endpoint: str | None,
+             as_json: bool) -> None:
     """Register a Hugging Face checkpoint folder (or hf://ORG/NAME[@REV]) as a base."""
     with render.progress("hashing") as advance:
         if _hub_or_path(path):
             info = reg.add_base_from_hub(uri=path, name=name, reference=reference, allow_pickle=allow_pickle,
-                                         progress=advance)
+                                         endpoint=endpoint, progress=advance)
         else:
             info = reg.add_base(path=path, name=name, reference=reference, allow_pickle=allow_pickle, progress=advance)
     _print_added(info, as_json)
@@ -76,13 +78,16 @@ def add_base(reg, path: str, name: str | None, reference: bool, allow_pickle: bo
 @click.option("--base", "base", required=True, help="The base it was trained on (NAME, NAME@3, NAME@alias).")
 @click.option("--name", help="Name to register under (default: derived from the folder).")
 @click.option("--allow-pickle", is_flag=True, help="Accept adapter_model.bin (loaded with weights_only=True).")
+@click.option("--endpoint", envvar="HF_ENDPOINT", help="Hub endpoint for hf:// paths.")
 @json_option
 @with_registry
-def add_adapter(reg, path: str, base: str, name: str | None, allow_pickle: bool, as_json: bool) -> None:
+def add_adapter(reg, path: str, base: str, name: str | None, allow_pickle: bool, endpoint: str | None,
+                as_json: bool) -> None:
     """Register a PEFT adapter folder (or hf://ORG/NAME[@REV]) against a base."""
     with render.progress("hashing") as advance:
         if _hub_or_path(path):
-            info = reg.add_adapter_from_hub(uri=path, base=base, name=name, allow_pickle=allow_pickle, progress=advance)
+            info = reg.add_adapter_from_hub(uri=path, base=base, name=name, allow_pickle=allow_pickle,
+                                            endpoint=endpoint, progress=advance)
         else:
             info = reg.add_adapter(path=path, base=base, name=name, allow_pickle=allow_pickle, progress=advance)
     _print_added(info, as_json)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from sqlmodel import Session, select
 
@@ -245,6 +245,75 @@ class Registry:
         from lorareg.registry.housekeeping import gc
 
         return gc(self, evict_refs=tuple(evict), merges_older_than_days=merges_older_than_days, dry_run=dry_run)
+
+    # -- experiment tracking ----------------------------------------------------------------
+    def log_params(self, *, ref: str, params: Mapping[str, Any]) -> None:
+        """Record hyper-parameters (JSON values) on any version; later values replace earlier ones."""
+        from lorareg.registry import tracking
+
+        tracking.log_params(self, ref=ref, params=params)
+
+    def log_metrics(self, *, ref: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Append metric points (optionally at a training step) to any version."""
+        from lorareg.registry import tracking
+
+        tracking.log_metrics(self, ref=ref, metrics=metrics, step=step)
+
+    def set_tags(self, *, ref: str, tags: Mapping[str, str]) -> None:
+        from lorareg.registry import tracking
+
+        tracking.set_tags(self, ref=ref, tags=tags)
+
+    def tracked(self, *, ref: str):
+        """Params, tags, latest metrics and metric history of ``ref``."""
+        from lorareg.registry import tracking
+
+        return tracking.tracked(self, ref=ref)
+
+    def search(self, *, kind: str | None = None, tags: Mapping[str, str] | None = None,
+               params: Mapping[str, Any] | None = None, order_by: str | None = None, descending: bool = False):
+        """Versions matching ``tags``/``params`` exactly, sorted by ``metric:KEY`` or ``param:KEY``."""
+        from lorareg.registry import tracking
+
+        return tracking.search(self, kind=kind, tags=tags, params=params, order_by=order_by, descending=descending)
+
+    def trainer_callback(self, *, base: str, name: str, tags: Mapping[str, str] | None = None):
+        """A transformers TrainerCallback registering each saved adapter checkpoint as ``name``'s next version."""
+        from lorareg.registry import tracking
+
+        return tracking.trainer_callback(self, base=base, name=name, tags=tags)
+
+    # -- the Hugging Face Hub ----------------------------------------------------------------
+    def add_base_from_hub(self, *, uri: str, name: str | None = None, reference: bool = False,
+                          allow_pickle: bool = False, endpoint: str | None = None,
+                          progress: Callable[[int], None] | None = None) -> VersionInfo:
+        """Register ``hf://ORG/NAME[@REV]`` as a base, pinned to the commit the revision resolves to."""
+        from lorareg.registry.publishing import add_from_hub
+
+        return add_from_hub(self, uri=uri, kind="base", base=None, name=name, reference=reference,
+                            allow_pickle=allow_pickle, endpoint=endpoint, progress=progress)
+
+    def add_adapter_from_hub(self, *, uri: str, base: str, name: str | None = None, allow_pickle: bool = False,
+                             endpoint: str | None = None, progress: Callable[[int], None] | None = None) -> VersionInfo:
+        """Register ``hf://ORG/NAME[@REV]`` as an adapter of ``base``."""
+        from lorareg.registry.publishing import add_from_hub
+
+        return add_from_hub(self, uri=uri, kind="adapter", base=base, name=name, reference=False,
+                            allow_pickle=allow_pickle, endpoint=endpoint, progress=progress)
+
+    def push(self, *, ref: str, repo: str, tag: str | None = None, branch: str | None = None, private: bool = False,
+             adapter_only: bool = False, endpoint: str | None = None, token: str | None = None):
+        """Upload a version with its model card in one commit tagged ``v<version>``; a no-op if already there."""
+        from lorareg.registry.publishing import push
+
+        return push(self, ref=ref, repo_id=repo, tag=tag, branch=branch, private=private, adapter_only=adapter_only,
+                    endpoint=endpoint, token=token)
+
+    def pushes(self) -> dict:
+        """Where each version lives on the Hub: ref -> list of PushInfo."""
+        from lorareg.registry.publishing import pushes
+
+        return pushes(self)
 
 
 def all_ok(results: list[VerifyResult]) -> bool:

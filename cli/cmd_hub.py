@@ -1,0 +1,34 @@
+"""push: versioned merged models (or adapters) to the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import click
+
+from lorareg.cli import render
+from lorareg.cli.common import json_option, with_registry
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--repo", required=True, help="Hub repo id, ORG/NAME (created if missing).")
+@click.option("--tag", help="Tag for the commit (default v<version>).")
+@click.option("--branch", help="Branch to commit to (default main).")
+@click.option("--private", is_flag=True, help="Create the repo private.")
+@click.option("--adapter-only", is_flag=True, help="Push a PEFT adapter (library_name: peft).")
+@click.option("--endpoint", envvar="HF_ENDPOINT", help="Hub endpoint for self-hosted or mirror Hubs.")
+@json_option
+@with_registry
+def push(reg, ref, repo, tag, branch, private, adapter_only, endpoint, as_json) -> None:
+    """Upload REF with its model card in one commit, tag it, and record where it went."""
+    res = reg.push(ref=ref, repo=repo, tag=tag, branch=branch, private=private, adapter_only=adapter_only,
+                   endpoint=endpoint)
+    if as_json:
+        render.print_json(res.to_dict())
+    elif res.noop:
+        click.echo(f"{res.ref} is already on {res.repo_id} as {res.tag} ({res.commit_sha[:12]}): nothing to push")
+    else:
+        click.echo(f"pushed {res.ref} to {res.repo_id}@{res.tag} ({res.commit_sha[:12]}): "
+                   f"{len(res.uploaded)} files uploaded, {len(res.reused)} already there")
+
+
+COMMANDS = [push]
