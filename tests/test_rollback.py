@@ -1,0 +1,138 @@
+"""Rebuild, recipe-only versions, adapter rollback (rebuild and subtract), alias rollback,
+lineage, integrity (issue 5)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from lorareg.cli.main import cli
+from lorareg.errors import LoraregError
+
+
+@pytest.fixture(scope="session")
+def bf16_family(models_dir):
+    """A bf16 base (where rounding is visible) and three float32 adapters of different ranks."""
+    from factories import make_llama, make_lora
+
+    base = make_llama(models_dir / "llama-bf16", dtype=torch.bfloat16, seed=4)
+    adapters = {n: make_lora(base, models_dir / f"roll-{n}", seed=20 + i, r=2 + i, lora_alpha=8)
+                for i, n in enumerate(("a", "b", "c"))}
+    return base, adapters
+
+
+@pytest.fixture
+def three(reg, bf16_family):
+    base, adapters = bf16_family
+    reg.add_base(path=base, name="llama")
+    for n, path in adapters.items():
+        reg.add_adapter(path=path, base="llama", name=n)
+    return reg
+
+
+def _tensors(folder):
+    out = {}
+    for f in folder.glob("*.safetensors"):
+        out.update(load_file(f))
+    return out
+
+
+@pytest.mark.parametrize("method,density", [("linear", None), ("ties", 0.5), ("dare_linear", 0.6),
+                                            ("dare_ties", 0.6), ("magnitude_prune", 0.5)])
+def test_rebuild_matches_digest_for_every_method(three, method, density):
+    info = three.merge(base="llama", adapters=["a", "b:0.5"], name=f"m-{method.replace('_', '-')}",
+                       method=method, density=density)
+    res = three.rebuild(ref=info.ref)
+    assert res.ok and res.rebuilt_digest == info.digest
+
+
+def test_keep_recipe_and_gc_evict(three, tmp_path):
+    kept = three.merge(base="llama", adapters=["a"], name="lean", keep="recipe")
+    assert not kept.stored and kept.path is None
+    assert three.rebuild(ref=kept.ref).ok
+    full = three.merge(base="llama", adapters=["b"], name="full")
+    res = three.gc(evict=[full.ref])
+    assert full.ref in res.evicted and res.bytes_freed > 0
+    assert not three.get(full.ref).stored
+    # export rebuilds first, checks the digest, then writes
+    three.export(ref=full.ref, dest=tmp_path / "out")
+    assert "model.safetensors" in os.listdir(tmp_path / "out")
+    assert three.rebuild(ref=full.ref).ok
+    assert three.materialize(kept.ref).stored
+
+
+def test_rollback_middle_adapter_equals_fresh_two_adapter_merge(three):
+    two = three.merge(base="llama", adapters=["a:1.0", "c:0.3"], name="mix")
+    three_ = three.merge(base="llama", adapters=["a:1.0", "b:0.5", "c:0.3"], name="mix")
+    rolled = three.rollback(ref=three_.ref, adapter="b", message="b regressed")
+    assert rolled.ref == "mix@3" and rolled.digest == two.digest
+    assert rolled.details["parent"] == three_.ref
+    # subtract: from the merged weights alone, within one ulp of the exact result
+    sub = three.rollback(ref=three_.ref, adapter="b", strategy="subtract")
+    dev = sub.details["recipe"]["subtract_deviation"]
+    assert dev["measured"] and dev["max_ulp"] <= 1
+    from lorareg.merge.compare import ulp_distance
+
+    exact, approx = _tensors(three.get(two.ref).path), _tensors(sub.path)
+    for k in exact:
+        assert ulp_distance(exact[k], approx[k]) <= 1, k
+    assert three.rebuild(ref=sub.ref).ok  # a subtract version is rebuildable too
+
+
+def test_rollback_last_adapter_gives_base(three):
+    one = three.merge(base="llama", adapters=["a"], name="solo")
+    back = three.rollback(ref=one.ref, adapter="a")
+    assert back.digest == three.get("llama").digest
+
+
+def test_subtract_refused_for_ties(three):
+    info = three.merge(base="llama", adapters=["a", "b"], name="t", method="ties", density=0.5)
+    with pytest.raises(LoraregError, match="linear"):
+        three.rollback(ref=info.ref, adapter="a", strategy="subtract")
+
+
+def test_alias_rollback_and_log(three):
+    three.merge(base="llama", adapters=["a"], name="svc")
+    three.merge(base="llama", adapters=["b"], name="svc")
+    three.set_alias(name="svc", alias="current", version=2)
+    assert three.get("svc").version == 2
+    three.rollback(ref="svc", to=1)
+    assert three.get("svc").version == 1
+    actions = [(e.action, e.ref) for e in three.log(ref="svc")]
+    assert actions[0] == ("rollback", "svc@current")
+
+
+def test_corrupted_blob_is_reported_with_affected_versions(three):
+    info = three.merge(base="llama", adapters=["a"], name="v")
+    sha = next(f.sha256 for f in info.files if f.path.endswith(".safetensors"))
+    blob = three.home.blobs / "sha256" / sha[:2] / sha[2:]
+    os.chmod(blob, 0o644)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 1
+    blob.write_bytes(bytes(data))
+    results = three.verify(all=True)
+    bad = [r for r in results if not r.ok]
+    assert any(r.ref == info.ref for r in bad)
+
+
+def test_lineage_json_three_generations(three):
+    g1 = three.merge(base="llama", adapters=["a", "b"], name="fam")
+    g2 = three.rollback(ref=g1.ref, adapter="b")
+    g3 = three.rollback(ref=g2.ref, adapter="a")
+    r = CliRunner().invoke(cli, ["lineage", g3.ref, "--json"])
+    assert r.exit_code == 0, r.output
+    graph = json.loads(r.output)
+    edges = {(e["src"], e["dst"], e["role"]) for e in graph["edges"]}
+    assert (g3.ref, g2.ref, "parent") in edges and (g2.ref, g1.ref, "parent") in edges
+    assert (g1.ref, "llama@1", "base") in edges and (g1.ref, "b@1", "adapter") in edges
+    down = three.lineage(ref="a@1", down=True)
+    assert {n.ref for n in down.nodes} >= {g1.ref, g2.ref}
+    text = CliRunner().invoke(cli, ["lineage", g1.ref]).output
+    assert "llama@1" in text and "adapter" in text
+    d = three.diff(a=g1.ref, b=g2.ref)
+    assert "adapters" in d["recipe"] and d["tensors"]
