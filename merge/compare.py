@@ -68,3 +68,31 @@ def compare_folders(a: Path, b: Path) -> list[dict[str, Any]]:
             out.append(d)
     out.sort(key=lambda d: (-(d["max_abs"] if d["max_abs"] == d["max_abs"] else float("inf")), d["name"]))
     return out
+
+
+def ulp_size(t):
+    """Size of one unit in the last place at each element's magnitude, in float64."""
+    import torch
+
+    finfo = torch.finfo(t.dtype)
+    mag = t.double().abs().clamp_min(finfo.tiny)
+    return torch.exp2(torch.floor(torch.log2(mag))) * finfo.eps
+
+
+def deviation_in_source_ulps(exact: Path, approx: Path, source: Path) -> float:
+    """Largest |exact - approx| measured in ulps of max(|source|, |exact|) per element: how far a
+    result derived from ``source`` (e.g. merged weights minus one delta) lands from the exact one."""
+    import torch
+    from safetensors import safe_open
+
+    fe, fa, fs = _tensor_files(exact), _tensor_files(approx), _tensor_files(source)
+    worst = 0.0
+    for name in sorted(set(fe) & set(fa) & set(fs)):
+        with safe_open(fe[name], framework="pt") as he, safe_open(fa[name], framework="pt") as ha, \
+                safe_open(fs[name], framework="pt") as hs:
+            e, a, s = he.get_tensor(name), ha.get_tensor(name), hs.get_tensor(name)
+        if not e.dtype.is_floating_point or e.shape != a.shape or e.shape != s.shape or torch.equal(e, a):
+            continue
+        ref = torch.maximum(s.double().abs(), e.double().abs()).to(e.dtype)
+        worst = max(worst, float(((e.double() - a.double()).abs() / ulp_size(ref)).max().item()))
+    return worst

@@ -78,7 +78,7 @@ def _subtract(reg, *, row, recipe, remaining, removed, message, progress) -> Ver
     new_recipe = {**remaining, "derived": derived}
     produced = run_subtract(reg, new_recipe, progress=progress)
     try:
-        deviation = measure_deviation(reg, remaining, produced, name=row.name)
+        deviation = measure_deviation(reg, remaining, produced, source=reg.get(f"{row.name}@{row.version}").path)
         produced = Produced(produced.path, produced.digest, produced.files, produced.notes,
                             {**produced.extra, "subtract_deviation": deviation})
         return register_output(reg, produced, recipe=new_recipe, recipe_digest=recipes.recipe_digest(new_recipe),
@@ -111,9 +111,9 @@ def run_subtract(reg: "Registry", recipe: dict, *, progress=None) -> Produced:
         raise
 
 
-def measure_deviation(reg: "Registry", remaining: dict, produced: Produced, *, name: str) -> dict:
+def measure_deviation(reg: "Registry", remaining: dict, produced: Produced, *, source: Path) -> dict:
     """Compare the subtracted weights with an exact rebuild, when the inputs are all here."""
-    from lorareg.merge.compare import compare_folders
+    from lorareg.merge.compare import compare_folders, deviation_in_source_ulps
     from lorareg.registry.merging import run_recipe
 
     if not remaining["adapters"]:
@@ -127,7 +127,10 @@ def measure_deviation(reg: "Registry", remaining: dict, produced: Produced, *, n
         return {"measured": True, "tensors_differing": len(diffs),
                 "elements_differing": sum(max(d["elements_differing"], 0) for d in diffs),
                 "max_abs": max((d["max_abs"] for d in diffs), default=0.0),
-                "max_ulp": max((d["max_ulp"] for d in diffs), default=0)}
+                "max_ulp": max((d["max_ulp"] for d in diffs), default=0),
+                # Subtraction inherits the merged weight's rounding, so the fair yardstick is
+                # the ulp at the merged weight's magnitude, not at the (possibly tiny) result's.
+                "max_ulp_of_merged": deviation_in_source_ulps(exact.path, produced.path, source)}
     finally:
         discard(exact)
 

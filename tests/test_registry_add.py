@@ -93,7 +93,7 @@ def test_add_adapter_checks_and_records_config(reg, llama, llama_lora):
     assert ad.ref == "chat@1" and ad.kind == "adapter"
     assert ad.details["r"] == 4 and ad.details["lora_alpha"] == 8
     assert ad.details["base"] == base.ref
-    assert "q_proj" in ad.details["target_modules"]
+    assert any(t.endswith("q_proj") for t in ad.details["target_modules"])
     assert reg.add_adapter(path=llama_lora, base="llama", name="chat").existed
 
 
