@@ -1,0 +1,8 @@
+"""The merge engine: stream a base checkpoint through LoRA deltas, bit-identical to PEFT."""
+
+from lorareg.merge.adapter import check_adapter_fits, inspect_adapter
+from lorareg.merge.engine import merge
+from lorareg.merge.output import MergeOutput
+from lorareg.merge.plan import AdapterInput, MergePlan
+
+__all__ = ["AdapterInput", "MergeOutput", "MergePlan", "check_adapter_fits", "inspect_adapter", "merge"]

@@ -25,7 +25,7 @@ from lorareg.errors import CheckpointError, HubError, LoraregError, NotFoundErro
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
-__all__ = ["HubSnapshot", "PushResult", "download", "is_hub_uri", "parse_hub_uri", "push_folder"]
+__all__ = ["HubSnapshot", "PushResult", "download", "is_hub_uri", "is_repo_id", "parse_hub_uri", "push_folder"]
 
 SCHEME = "hf://"
 _NAME = r"[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9_])?"
@@ -61,6 +61,12 @@ class PushResult:
     uploaded: tuple[str, ...]
     reused: tuple[str, ...]
     deleted: tuple[str, ...] = ()
+
+
+def is_repo_id(s: str) -> bool:
+    """ORG/NAME as the Hub accepts it (no '--' or '..', no trailing .git)."""
+    return (isinstance(s, str) and _REPO_ID.fullmatch(s) is not None and ".." not in s and "--" not in s
+            and not s.endswith(".git"))
 
 
 def is_hub_uri(s: str) -> bool:
@@ -303,8 +309,7 @@ def _lfs_present(api: HfApi, repo_id: str, branch: str, adds: list[Any]) -> set[
 
 # -- settings and errors ---------------------------------------------------------------------
 def _check_repo_id(repo_id: str, *, hint: str = "a Hub repo id is ORG/NAME, e.g. acme/llama-merged") -> None:
-    if not isinstance(repo_id, str) or not _REPO_ID.fullmatch(repo_id) or ".." in repo_id or "--" in repo_id \
-            or repo_id.endswith(".git"):
+    if not is_repo_id(repo_id):
         raise HubError(f"not a Hub repo id: {repo_id!r}", hint=hint)
 
 

@@ -1,0 +1,359 @@
+"""Adapters: inspect them, check that they fit a base, and load them keyed by base tensor.
+
+``inspect_adapter`` and ``check_adapter_fits`` read only JSON and safetensors headers (the
+registry calls them without torch); ``load_adapter`` reads the (small) adapter tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lorareg.errors import CheckpointError, IncompatibleAdapterError, UnsupportedFeatureError
+from lorareg.merge.adapter_config import (
+    ADAPTER_WEIGHTS,
+    AdapterSummary,
+    pattern_value,
+    read_adapter_config,
+    summarize,
+)
+from lorareg.merge.arch import is_conv1d, tied_pair
+from lorareg.merge.keys import NameResolver, parse_key
+from lorareg.store.safetensors_header import read_header
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "AdapterModule",
+    "AdapterSummary",
+    "LoadedAdapter",
+    "ModuleLayout",
+    "AdapterLayout",
+    "check_adapter_fits",
+    "inspect_adapter",
+    "layout_adapter",
+    "load_adapter",
+]
+
+_FIT_HINT = "register the adapter against the base it was trained on"
+
+
+def inspect_adapter(adapter: Path) -> AdapterSummary:
+    """Parse and vet an adapter's config (UnsupportedFeatureError for what lorareg cannot merge)."""
+    adapter = Path(adapter)
+    return summarize(adapter, read_adapter_config(adapter))
+
+
+@dataclass(frozen=True)
+class ModuleLayout:
+    """One LoRA module, from headers only."""
+
+    module: str  # module path as the adapter's model names it (PEFT matches patterns on it)
+    target: str  # base weight tensor it changes
+    kind: str  # "linear" | "conv1d" | "embedding"
+    r: int
+    scaling: float
+    keys: dict[str, str]  # role (A, B, magnitude, lora_bias) -> adapter tensor key
+    bias_target: str | None = None  # base bias tensor that lora_bias changes
+
+    @property
+    def fan_in_fan_out(self) -> bool:
+        return self.kind == "conv1d"
+
+
+@dataclass(frozen=True)
+class AdapterLayout:
+    summary: AdapterSummary
+    modules: dict[str, ModuleLayout]  # by target
+    replacements: dict[str, str]  # base tensor -> adapter key (modules_to_save, bias="all")
+    overrides: dict[str, str]  # base tensor -> adapter key of PEFT's saved copy of it
+    tokens: dict[str, tuple[str, tuple[int, ...]]]  # base tensor -> (adapter key, row indices)
+    shapes: dict[str, tuple[int, ...]]  # adapter key -> shape
+
+
+def _group(adapter: Path, keys: Mapping[str, tuple[int, ...]]) -> dict[str, dict[str, Any]]:
+    modules: dict[str, dict[str, Any]] = {}
+    for key in sorted(keys):
+        role = parse_key(key)
+        entry = modules.setdefault(role.module, {})
+        slot = f"replace:{role.param}" if role.role == "replace" else role.role
+        entry[slot] = key
+    return modules
+
+
+def _token_indices(summary: AdapterSummary, module: str) -> tuple[int, ...] | None:
+    tti = summary.trainable_token_indices
+    if isinstance(tti, dict):
+        for name, indices in tti.items():
+            if module == name or module.endswith("." + name):
+                return indices
+        return None
+    return tti
+
+
+def layout_adapter(
+    adapter: Path,
+    *,
+    base_names: Collection[str],
+    base_config: Mapping[str, Any] | None = None,
+    summary: AdapterSummary | None = None,
+) -> AdapterLayout:
+    """Resolve every adapter tensor to the base tensor it changes (headers only)."""
+    adapter = Path(adapter)
+    summary = summary or inspect_adapter(adapter)
+    header = read_header(adapter / ADAPTER_WEIGHTS)
+    shapes = {name: info.shape for name, info in header.tensors.items()}
+    resolver = NameResolver(base_names)
+    modules: dict[str, ModuleLayout] = {}
+    replacements: dict[str, str] = {}
+    overrides: dict[str, str] = {}
+    tokens: dict[str, tuple[str, tuple[int, ...]]] = {}
+    claimed: dict[str, str] = {}
+
+    def target_of(module: str, param: str = "weight") -> str:
+        name = resolver.resolve(module, param, adapter=adapter)
+        if name is None:
+            hint = _FIT_HINT
+            if summary.base_model_class and base_config and summary.base_model_class not in (
+                base_config.get("architectures") or []
+            ):
+                hint = f"the adapter was trained on {summary.base_model_class}; " + hint
+            raise IncompatibleAdapterError(
+                f"{adapter}: adapter targets {module}.{param}, which the base does not have", hint=hint
+            )
+        return name
+
+    def claim(target: str, what: str) -> None:
+        if target in claimed and claimed[target] != what:
+            raise UnsupportedFeatureError(
+                f"{adapter}: {target} is changed both as {claimed[target]} and as {what}",
+                hint="PEFT applies only one of them; keep one in the adapter config",
+            )
+        claimed[target] = what
+
+    for module, entry in _group(adapter, shapes).items():
+        for slot, key in entry.items():
+            if slot.startswith("replace:"):
+                param = slot.partition(":")[2]
+                target = target_of(module, param)
+                if ".base_layer." in key:
+                    overrides[target] = key
+                else:
+                    claim(target, "a saved module (modules_to_save)")
+                    replacements[target] = key
+        if "tokens" in entry:
+            indices = _token_indices(summary, module)
+            if indices is None:
+                raise CheckpointError(
+                    f"{adapter}: trainable tokens for {module} but trainable_token_indices does not name it",
+                    hint="re-save the adapter",
+                )
+            target = target_of(module)
+            claim(target, "trainable tokens")
+            tokens[target] = (entry["tokens"], indices)
+        lora_roles = {"A", "B", "embedding_A", "embedding_B", "magnitude", "lora_bias"} & set(entry)
+        if not lora_roles:
+            continue
+        embedding = "embedding_A" in entry or "embedding_B" in entry
+        pair = ("embedding_A", "embedding_B") if embedding else ("A", "B")
+        if not all(p in entry for p in pair):
+            raise CheckpointError(f"{adapter}: module {module} lacks one of its LoRA factors", hint="re-save it")
+        if summary.use_dora != ("magnitude" in entry):
+            what = "has no lora_magnitude_vector" if summary.use_dora else "has a magnitude but use_dora is off"
+            raise CheckpointError(f"{adapter}: DoRA module {module} {what}", hint="re-save the adapter")
+        target = target_of(module)
+        claim(target, "a LoRA target")
+        model_class = summary.base_model_class
+        kind = "embedding" if embedding else (
+            "conv1d" if is_conv1d(module, config=base_config, model_class=model_class) else "linear"
+        )
+        r = pattern_value(summary.rank_pattern, module, summary.r)
+        alpha = pattern_value(summary.alpha_pattern, module, summary.lora_alpha)
+        # the exact Python expressions of LoraLayer.update_layer
+        scaling = alpha / math.sqrt(r) if summary.use_rslora else alpha / r
+        keys = {"A": entry[pair[0]], "B": entry[pair[1]]}
+        if "magnitude" in entry:
+            keys["magnitude"] = entry["magnitude"]
+        bias_target = None
+        if "lora_bias" in entry:
+            keys["lora_bias"] = entry["lora_bias"]
+            bias_target = resolver.resolve(module, "bias", adapter=adapter)
+            if bias_target is None:
+                raise UnsupportedFeatureError(
+                    f"{adapter}: lora_bias on {module}, whose base layer has no bias (PEFT cannot merge it either)",
+                    hint="retrain with lora_bias=False, or target only layers that have a bias",
+                )
+            claim(bias_target, "a LoRA bias")
+        modules[target] = ModuleLayout(
+            module=module, target=target, kind=kind, r=r, scaling=scaling, keys=keys, bias_target=bias_target
+        )
+    return AdapterLayout(
+        summary=summary, modules=modules, replacements=replacements, overrides=overrides, tokens=tokens,
+        shapes=shapes,
+    )
+
+
+def _misfit(adapter: Path, module: str, problem: str) -> IncompatibleAdapterError:
+    return IncompatibleAdapterError(f"{adapter}: module {module} does not fit the base: {problem}", hint=_FIT_HINT)
+
+
+def check_layout(adapter: Path, layout: AdapterLayout, base_shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Shapes: every LoRA factor, magnitude, saved module and token row against the base."""
+    shp = layout.shapes
+    for m in layout.modules.values():
+        base = base_shapes[m.target]
+        if len(base) != 2:
+            raise UnsupportedFeatureError(
+                f"{adapter}: LoRA on {m.module}, a {len(base)}-D weight (convolution or fused layer)",
+                hint="lorareg merges LoRA on Linear, Conv1D and Embedding layers only",
+            )
+        a, b = shp[m.keys["A"]], shp[m.keys["B"]]
+        if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
+            raise _misfit(adapter, m.module, f"lora_A {a} and lora_B {b} do not chain")
+        if a[0] != m.r:
+            raise _misfit(adapter, m.module, f"adapter_config gives rank {m.r} but lora_A has {a[0]} rows")
+        if m.kind == "embedding":
+            (num, dim), names = base, ("num_embeddings", "embedding_dim")
+        elif m.kind == "conv1d":
+            (num, dim), names = base, ("in_features", "out_features")
+        else:
+            (dim, num), names = base, ("in_features", "out_features")
+        if a[1] != num:
+            raise _misfit(adapter, m.module, f"adapter expects {names[0]} {a[1]}, base has {num}")
+        if b[0] != dim:
+            raise _misfit(adapter, m.module, f"adapter expects {names[1]} {b[0]}, base has {dim}")
+        for role in ("magnitude", "lora_bias"):
+            if role in m.keys and shp[m.keys[role]] != (dim,):
+                raise _misfit(adapter, m.module, f"{role} has shape {shp[m.keys[role]]}, expected ({dim},)")
+        if m.bias_target is not None and base_shapes[m.bias_target] != (dim,):
+            raise _misfit(adapter, m.module, f"base bias has shape {base_shapes[m.bias_target]}, expected ({dim},)")
+    for target, key in {**layout.replacements, **layout.overrides}.items():
+        if shp[key] != base_shapes[target]:
+            raise _misfit(
+                adapter, target.rpartition(".")[0],
+                f"saved {target} has shape {shp[key]}, base has {base_shapes[target]}",
+            )
+    for target, (key, indices) in layout.tokens.items():
+        base = base_shapes[target]
+        if shp[key] != (len(indices), base[1]) or (indices and max(indices) >= base[0]):
+            raise _misfit(
+                adapter, target.rpartition(".")[0],
+                f"trainable tokens {shp[key]} for rows {list(indices)[:5]} do not fit {base}",
+            )
+
+
+def base_shapes_of(base: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """(config, name -> shape) of a base, the tied output head included under its own name."""
+    from lorareg.merge.reader import open_checkpoint
+
+    ckpt = open_checkpoint(base)
+    shapes = {name: t.shape for name, t in ckpt.tensors.items()}
+    pair = tied_pair(ckpt.config, shapes)
+    if pair is not None:
+        shapes[pair.head] = shapes[pair.embedding]
+    return ckpt.config, shapes
+
+
+def check_adapter_fits(*, base: Path, adapter: Path) -> AdapterSummary:
+    """Raise IncompatibleAdapterError naming the first module that does not fit ``base``."""
+    summary = inspect_adapter(adapter)
+    config, shapes = base_shapes_of(base)
+    layout = layout_adapter(adapter, base_names=shapes, base_config=config, summary=summary)
+    check_layout(Path(adapter), layout, shapes)
+    return summary
+
+
+@dataclass(frozen=True)
+class AdapterModule:
+    """One LoRA module of a loaded adapter, in the layout of the base weight it changes."""
+
+    target: str
+    module: str
+    kind: str  # "linear" | "conv1d" | "embedding"
+    lora_A: torch.Tensor  # float32 (stored values, upcast if stored in half precision)
+    lora_B: torch.Tensor
+    scaling: float
+    fan_in_fan_out: bool
+    magnitude: torch.Tensor | None = None  # DoRA
+    lora_bias: torch.Tensor | None = None
+    bias_target: str | None = None
+
+    def raw_delta(self, dtype: torch.dtype) -> torch.Tensor:
+        """PEFT's ``get_delta_weight`` with the adapter weights held in ``dtype``."""
+        from lorareg.merge.delta import lora_delta
+
+        fifo = True if self.kind == "embedding" else self.fan_in_fan_out
+        return lora_delta(self.lora_A, self.lora_B, scaling=self.scaling, fan_in_fan_out=fifo, dtype=dtype)
+
+    def delta(self, adapter_dtype: str = "float32", *, base_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The full float32 delta s * B @ A in the base weight's layout.
+
+        ``adapter_dtype="base"`` rounds the factors to ``base_dtype`` first (and the product
+        back to it), as PEFT does when the adapter is held in the base's dtype.
+        """
+        import torch
+
+        if adapter_dtype == "base":
+            if base_dtype is None:
+                raise ValueError("adapter_dtype='base' needs base_dtype")
+            dtype = base_dtype
+        elif adapter_dtype == "float32":
+            dtype = torch.float32
+        else:
+            raise ValueError(f"unknown adapter_dtype {adapter_dtype!r}")
+        return self.raw_delta(dtype).float()
+
+
+@dataclass(frozen=True)
+class LoadedAdapter:
+    path: Path
+    summary: AdapterSummary
+    modules: dict[str, AdapterModule]  # keyed by the base tensor they change
+    replacements: dict[str, torch.Tensor] = field(default_factory=dict)  # full tensors (modules_to_save)
+    overrides: dict[str, torch.Tensor] = field(default_factory=dict)  # PEFT's saved copies of base tensors
+    tokens: dict[str, tuple[tuple[int, ...], torch.Tensor]] = field(default_factory=dict)
+
+
+def load_adapter(
+    adapter: Path,
+    *,
+    base_names: Collection[str],
+    base_config: Mapping[str, Any] | None = None,
+    layout: AdapterLayout | None = None,
+) -> LoadedAdapter:
+    """Load an adapter's tensors, keyed by the base tensor names they change.
+
+    ``base_config`` (the base's config.json) tells GPT-2 style Conv1D layers apart; without
+    it the adapter's own ``auto_mapping`` is used.
+    """
+    from safetensors.torch import load_file
+
+    adapter = Path(adapter)
+    layout = layout or layout_adapter(adapter, base_names=base_names, base_config=base_config)
+    tensors = load_file(adapter / ADAPTER_WEIGHTS)
+
+    def f32(key: str) -> torch.Tensor:
+        return tensors[key].float()  # no copy when stored in float32
+
+    modules = {
+        target: AdapterModule(
+            target=target, module=m.module, kind=m.kind, lora_A=f32(m.keys["A"]), lora_B=f32(m.keys["B"]),
+            scaling=m.scaling, fan_in_fan_out=m.fan_in_fan_out,
+            magnitude=f32(m.keys["magnitude"]) if "magnitude" in m.keys else None,
+            lora_bias=f32(m.keys["lora_bias"]) if "lora_bias" in m.keys else None,
+            bias_target=m.bias_target,
+        )
+        for target, m in layout.modules.items()
+    }
+    return LoadedAdapter(
+        path=adapter,
+        summary=layout.summary,
+        modules=modules,
+        replacements={t: tensors[k] for t, k in layout.replacements.items()},
+        overrides={t: tensors[k] for t, k in layout.overrides.items()},
+        tokens={t: (idx, tensors[k]) for t, (k, idx) in layout.tokens.items()},
+    )

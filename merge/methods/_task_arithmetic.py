@@ -1,0 +1,123 @@
+"""Generalised task arithmetic shared by ties, dare_* and magnitude_prune.
+
+Each step mirrors peft.utils.merge_utils (PEFT 0.21) operation for operation, because the
+promise is bit-for-bit parity with PEFT's functions applied to the same deltas: the same
+ops in the same order on the same dtypes give the same bytes.  The one deliberate change is
+that random masks draw from the caller's generator instead of the global RNG, in the same
+order (adapter by adapter, one Bernoulli draw per element), so a seeded global RNG in PEFT
+and a generator seeded alike here yield identical masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from lorareg.merge.methods.base import MergeMethod, check_inputs
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+
+def magnitude_pruned(tensor: Tensor, density: float) -> Tensor:
+    """Keep the int(density * numel) largest-magnitude entries (peft: magnitude_based_pruning)."""
+    import torch
+
+    if density >= 1:  # peft's prune() returns the tensor itself here
+        return tensor
+    mask = torch.zeros_like(tensor).reshape(-1)
+    k = int(density * tensor.numel())
+    top_k = torch.topk(tensor.abs().reshape(-1), k=k, largest=True)
+    mask[top_k[1]] = 1
+    return tensor * mask.reshape(tensor.shape)
+
+
+def random_pruned(tensor: Tensor, density: float, *, rescale: bool, generator: torch.Generator) -> Tensor:
+    """Keep each entry with probability density (peft: random_pruning), drawing from generator."""
+    import torch
+
+    if density >= 1:  # no draws at all, exactly like peft's prune()
+        return tensor
+    mask = torch.bernoulli(torch.full_like(input=tensor, fill_value=density), generator=generator)
+    pruned = tensor * mask
+    if rescale:
+        pruned = pruned / density
+    return pruned
+
+
+def majority_sign_mask(stacked: Tensor, method: str) -> Tensor:
+    """peft: calculate_majority_sign_mask on deltas stacked along dim 0."""
+    import torch
+
+    sign = stacked.sign()
+    if method == "total":
+        sign_magnitude = stacked.sum(dim=0)
+    else:  # "frequency"; validated by MergeMethod.validate
+        sign_magnitude = sign.sum(dim=0)
+    majority_sign = torch.where(sign_magnitude >= 0, 1, -1)
+    return sign == majority_sign
+
+
+def generalized_task_arithmetic(
+    deltas: Sequence[Tensor],
+    weights: Sequence[float],
+    *,
+    prune: Literal["magnitude", "random"],
+    density: float,
+    rescale: bool,
+    elect_sign: bool,
+    majority_sign_method: str,
+    generator: torch.Generator,
+) -> Tensor:
+    """Sparsify each delta, optionally elect a sign, then weight and combine (peft's pipeline)."""
+    import torch
+
+    if prune == "magnitude":
+        pruned = [magnitude_pruned(d, density) for d in deltas]
+    else:
+        pruned = [random_pruned(d, density, rescale=rescale, generator=generator) for d in deltas]
+    stacked = torch.stack(pruned, dim=0)
+    del pruned  # the stack is a copy; free the per-adapter tensors before the next temporaries
+    sign_mask = majority_sign_mask(stacked, majority_sign_method) if elect_sign else None
+    # peft builds weights with torch.tensor(list) (float32) and views them as (n, 1, ..., 1).
+    w = torch.tensor(list(weights), dtype=torch.float32, device=stacked.device)
+    w = w.view(w.shape + (1,) * (stacked.dim() - w.dim()))
+    weighted = stacked * w
+    del stacked
+    if sign_mask is None:
+        return weighted.sum(dim=0)
+    # peft: disjoint_merge
+    mixed = (weighted * sign_mask).sum(dim=0)
+    kept = sign_mask.sum(dim=0)
+    return mixed / torch.clamp(kept, min=1.0)
+
+
+class TaskArithmeticMethod(MergeMethod):
+    """A method defined by its pruning, rescaling and sign election (as in mergekit)."""
+
+    uses_density = True
+    prune: ClassVar[Literal["magnitude", "random"]]
+    rescale: ClassVar[bool] = False
+
+    def combine(
+        self,
+        deltas: Sequence[Tensor],
+        weights: Sequence[float],
+        *,
+        density: float | None,
+        majority_sign_method: str,
+        generator: torch.Generator,
+    ) -> Tensor:
+        floats = check_inputs(self.name, deltas, weights)
+        self.validate(density=density, majority_sign_method=majority_sign_method, n_adapters=len(deltas))
+        return generalized_task_arithmetic(
+            deltas,
+            floats,
+            prune=self.prune,
+            density=float(density),
+            rescale=self.rescale,
+            elect_sign=self.uses_sign,
+            majority_sign_method=majority_sign_method,
+            generator=generator,
+        )

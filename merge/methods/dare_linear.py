@@ -1,0 +1,17 @@
+"""dare_linear (DARE, Yu et al. 2023): keep each entry with probability density, rescale by
+1/density, then the weighted sum.
+
+Bit for bit peft.utils.merge_utils.dare_linear on the same deltas, with the Bernoulli masks
+drawn from the passed generator instead of the global RNG."""
+
+from __future__ import annotations
+
+from lorareg.merge.methods._task_arithmetic import TaskArithmeticMethod
+
+
+class DareLinear(TaskArithmeticMethod):
+    name = "dare_linear"
+    prune = "random"
+    rescale = True
+    uses_sign = False
+    random = True

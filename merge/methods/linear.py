@@ -1,0 +1,46 @@
+"""linear: sum_i w_i * dW_i, exactly, summed in adapter order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from lorareg.merge.methods.base import MergeMethod, check_inputs
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+
+class Linear(MergeMethod):
+    name = "linear"
+    uses_density = False
+    random = False
+    supports_subtract = True
+
+    def combine(
+        self,
+        deltas: Sequence[Tensor],
+        weights: Sequence[float],
+        *,
+        density: float | None,
+        majority_sign_method: str,
+        generator: torch.Generator,
+    ) -> Tensor:
+        import torch
+
+        floats = check_inputs(self.name, deltas, weights)
+        self.validate(density=density, majority_sign_method=majority_sign_method, n_adapters=len(deltas))
+        if len(deltas) == 1 and floats[0] == 1.0:
+            # A single adapter at weight 1 must merge bit-identically to PEFT's merge_and_unload,
+            # which never multiplies the delta by 1.
+            return deltas[0]
+        # Plain left-to-right sum (no fused multiply-add, no pairwise tree): the order is
+        # part of the recipe, so rebuilds reproduce the bytes.  For up to four adapters it
+        # also equals peft's task_arithmetic, whose sum(dim=0) only regroups beyond that.
+        acc = torch.mul(deltas[0], floats[0])
+        term = torch.empty_like(acc) if len(deltas) > 1 else None
+        for delta, weight in zip(deltas[1:], floats[1:]):
+            torch.mul(delta, weight, out=term)
+            acc.add_(term)
+        return acc

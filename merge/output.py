@@ -1,0 +1,94 @@
+"""The merged model folder around the weights: config, tokenizer files, model card, hashes.
+
+The folder must load with plain ``AutoModel*.from_pretrained`` (no lorareg, no PEFT), so
+config.json keeps the base's content with only the dtype and the tie flag changed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorareg.merge.writer import FileInfo
+from lorareg.store.digest import file_sha256
+
+__all__ = ["FileInfo", "MergeOutput", "copy_side_files", "default_model_card", "hash_files", "write_config"]
+
+# Weights and files the merge itself writes; everything else at the base's top level (tokenizer,
+# generation config, chat template, ...) is copied as is.
+_SKIP_SUFFIXES = (
+    ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack", ".gguf", ".onnx", ".ot",
+    ".safetensors.index.json", ".bin.index.json", ".incomplete", ".lock",
+)
+_SKIP_NAMES = {"config.json", "README.md", "adapter_config.json"}
+
+
+@dataclass(frozen=True)
+class MergeOutput:
+    path: Path
+    digest: str  # "sha256:<hex>" of the tensor manifest
+    files: dict[str, FileInfo]  # every file in the folder, README and config included
+    tensors_total: int
+    tensors_changed: int
+    dtype: str
+    notes: tuple[str, ...]
+
+
+def write_config(base_config: dict[str, Any], dest: Path, *, dtype: str, untied: bool) -> None:
+    config = dict(base_config)
+    config["dtype"] = dtype  # transformers >= 4.56 name
+    if "torch_dtype" in config:
+        config["torch_dtype"] = dtype
+    if untied:
+        config["tie_word_embeddings"] = False
+        if isinstance(config.get("text_config"), dict) and "tie_word_embeddings" in config["text_config"]:
+            config["text_config"] = {**config["text_config"], "tie_word_embeddings": False}
+    (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def copy_side_files(base: Path, dest: Path) -> list[str]:
+    """Copy the base's top-level tokenizer/generation files; returns their names."""
+    copied = []
+    for path in sorted(Path(base).iterdir()):
+        name = path.name
+        if name.startswith(".") or name in _SKIP_NAMES or name.endswith(_SKIP_SUFFIXES) or not path.is_file():
+            continue
+        shutil.copyfile(path, dest / name)  # follows links: an HF cache snapshot holds links to blobs
+        copied.append(name)
+    return copied
+
+
+def default_model_card(*, base: Path, adapters: list[Path], method: str, recipe_digest: str) -> str:
+    lines = [
+        "---",
+        "base_model_relation: merge",
+        "library_name: transformers",
+        "tags:",
+        "- lora",
+        "- merge",
+        "- lorareg",
+        "---",
+        "",
+        "# Merged model",
+        "",
+        f"Base model `{Path(base).name}` merged with {len(adapters)} LoRA adapter(s) by lorareg ({method}).",
+        "",
+    ]
+    lines += [f"- adapter `{Path(a).name}`" for a in adapters]
+    if recipe_digest:
+        lines += ["", f"Recipe digest: `{recipe_digest}`"]
+    return "\n".join(lines) + "\n"
+
+
+def hash_files(folder: Path, known: dict[str, FileInfo]) -> dict[str, FileInfo]:
+    """FileInfo for every regular file in ``folder`` (already hashed ones reused)."""
+    out: dict[str, FileInfo] = {}
+    for path in sorted(Path(folder).rglob("*")):
+        if not path.is_file():
+            continue
+        rel = path.relative_to(folder).as_posix()
+        out[rel] = known.get(rel) or FileInfo(sha256=file_sha256(path), size=path.stat().st_size)
+    return out

@@ -1,0 +1,67 @@
+"""What a merge is asked to do: the plan (a frozen value the registry stores as the recipe)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorareg.errors import MergeError
+
+__all__ = ["ADAPTER_DTYPES", "DTYPES", "AdapterInput", "MergePlan", "tensor_seed", "validate_plan"]
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+# "float32": the adapter weights take part in float32, as `PeftModel.from_pretrained` keeps them
+# (and as `AutoPeftModel*.from_pretrained(..., low_cpu_mem_usage=True)` does too).
+# "base": they are first rounded to the dtype the model is merged in, as PEFT does when loaded
+# with `autocast_adapter_dtype=False`.
+ADAPTER_DTYPES = ("float32", "base")
+
+
+@dataclass(frozen=True)
+class AdapterInput:
+    path: Path
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    base: Path
+    adapters: tuple[AdapterInput, ...]
+    method: str = "linear"
+    density: float | None = None
+    majority_sign_method: str = "total"
+    seed: int = 0
+    dtype: str = "auto"  # auto|bfloat16|float16|float32
+    adapter_dtype: str = "float32"  # float32|base
+    max_shard_size: int = 5 * 2**30
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """A 63-bit seed for one tensor, so random methods do not depend on tensor order."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def validate_plan(plan: MergePlan) -> None:
+    """Raise MergeError for a plan that cannot be carried out, before any bytes are read."""
+    if not plan.adapters:
+        raise MergeError("the merge plan has no adapters", hint="pass at least one adapter")
+    if plan.dtype not in DTYPES:
+        raise MergeError(f"unknown output dtype {plan.dtype!r}", hint="use one of: " + ", ".join(DTYPES))
+    if plan.adapter_dtype not in ADAPTER_DTYPES:
+        raise MergeError(
+            f"unknown adapter_dtype {plan.adapter_dtype!r}", hint="use one of: " + ", ".join(ADAPTER_DTYPES)
+        )
+    if isinstance(plan.max_shard_size, bool) or not isinstance(plan.max_shard_size, int) or plan.max_shard_size < 1:
+        raise MergeError(
+            f"max_shard_size must be a positive number of bytes, got {plan.max_shard_size!r}",
+            hint="pass e.g. 5 * 2**30 for 5 GiB shards",
+        )
+    if isinstance(plan.seed, bool) or not isinstance(plan.seed, int):
+        raise MergeError(f"seed must be an integer, got {plan.seed!r}", hint="pass an integer seed")
+    for a in plan.adapters:
+        w = a.weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise MergeError(f"adapter {a.path}: weight must be a finite number, got {w!r}", hint="pass e.g. 0.5")

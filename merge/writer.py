@@ -1,0 +1,181 @@
+"""Write safetensors shards one tensor at a time, hashing as the bytes go out.
+
+Every tensor's name, dtype and shape is known before the first byte is written, so each
+shard's header is computed up front and tensors are streamed into place in header order:
+no shard is ever assembled in memory.  Each tensor's sha256 (for the manifest digest) and
+each file's sha256 come from the same single pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lorareg.errors import MergeError
+from lorareg.store.digest import TensorEntry
+from lorareg.store.safetensors_header import DTYPE_BITS
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["FileInfo", "OutTensor", "Shard", "ShardWriter", "plan_shards", "tensor_bytes"]
+
+INDEX_NAME = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    name: str
+    dtype: str  # safetensors dtype string
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_BITS[self.dtype] // 8
+
+
+@dataclass(frozen=True)
+class Shard:
+    file: str
+    tensors: tuple[OutTensor, ...]
+
+
+def plan_shards(
+    tensors: list[OutTensor], *, max_shard_size: int, keep_files: dict[str, str] | None = None
+) -> list[Shard]:
+    """Group tensors (in the given order) into shards.
+
+    ``keep_files`` (tensor -> file) reproduces an input layout as is; otherwise tensors are
+    packed greedily in order, a new shard starting when the next tensor would pass
+    ``max_shard_size`` (a tensor larger than that gets a shard of its own).
+    """
+    if keep_files is not None:
+        by_file: dict[str, list[OutTensor]] = {}
+        for t in tensors:
+            by_file.setdefault(keep_files[t.name], []).append(t)
+        return [Shard(file=f, tensors=tuple(ts)) for f, ts in by_file.items()]
+    groups: list[list[OutTensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if groups[-1] and size + t.nbytes > max_shard_size:
+            groups.append([])
+            size = 0
+        groups[-1].append(t)
+        size += t.nbytes
+    if len(groups) == 1:
+        return [Shard(file="model.safetensors", tensors=tuple(groups[0]))]
+    n = len(groups)
+    return [Shard(file=f"model-{i + 1:05d}-of-{n:05d}.safetensors", tensors=tuple(g)) for i, g in enumerate(groups)]
+
+
+def _header(shard: Shard, metadata: dict[str, str]) -> bytes:
+    doc: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for t in shard.tensors:
+        doc[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the safetensors convention: data starts 8-byte aligned
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def tensor_bytes(t: torch.Tensor) -> Any:
+    """A zero-copy byte view of a tensor (little-endian, C order), for write() and hashlib."""
+    import torch
+
+    t = t.contiguous()
+    if t.numel() == 0:
+        return b""
+    return t.reshape(-1).view(torch.uint8).numpy()
+
+
+class ShardWriter:
+    """Writes the planned shards into ``folder``; tensors must come in plan order."""
+
+    def __init__(self, folder: Path, shards: list[Shard], *, metadata: dict[str, str]) -> None:
+        self._folder = Path(folder)
+        self._shards = shards
+        self._metadata = metadata
+        self._order = [(si, t) for si, s in enumerate(shards) for t in s.tensors]
+        self._pos = 0
+        self._file: Any = None
+        self._file_hash: Any = None
+        self._size = 0
+        self._current = -1
+        self.entries: list[TensorEntry] = []
+        self.files: dict[str, FileInfo] = {}
+
+    @property
+    def expected(self) -> OutTensor:
+        return self._order[self._pos][1]
+
+    def _open(self, si: int) -> None:
+        self._close()
+        self._current = si
+        self._file = open(self._folder / self._shards[si].file, "wb")
+        self._file_hash = hashlib.sha256()
+        self._size = 0
+        self._emit(_header(self._shards[si], self._metadata))
+
+    def _emit(self, data: Any) -> None:
+        self._file.write(data)
+        self._file_hash.update(data)
+        self._size += len(memoryview(data).cast("B"))
+
+    def _close(self) -> None:
+        if self._file is None:
+            return
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self.files[self._shards[self._current].file] = FileInfo(sha256=self._file_hash.hexdigest(), size=self._size)
+        self._file = None
+
+    def write(self, name: str, data: Any) -> None:
+        """Append the next tensor's raw bytes (a bytes-like object)."""
+        if self._pos >= len(self._order):
+            raise MergeError(f"writer: unexpected extra tensor {name!r}", hint="this is a lorareg bug; report it")
+        si, t = self._order[self._pos]
+        n = len(memoryview(data).cast("B")) if not isinstance(data, bytes) else len(data)
+        if name != t.name or n != t.nbytes:
+            raise MergeError(
+                f"writer: got {name!r} ({n} bytes), expected {t.name!r} ({t.nbytes} bytes)",
+                hint="this is a lorareg bug; report it",
+            )
+        if si != self._current:
+            self._open(si)
+        self._emit(data)
+        self.entries.append(TensorEntry(name=t.name, dtype=t.dtype, shape=t.shape, sha256=hashlib.sha256(data).hexdigest()))
+        self._pos += 1
+        if self._pos == len(self._order) or self._order[self._pos][0] != si:
+            self._close()
+
+    def finish(self, *, index: bool) -> None:
+        """Check every tensor was written; write ``model.safetensors.index.json`` if asked."""
+        if self._pos != len(self._order):
+            raise MergeError(f"writer: {len(self._order) - self._pos} tensors never written", hint="report this bug")
+        for si, s in enumerate(self._shards):
+            if not s.tensors and s.file not in self.files:
+                self._open(si)  # a shard of empty tensors still needs its header on disk
+                self._close()
+        if index:
+            weight_map = {t.name: s.file for s in self._shards for t in s.tensors}
+            total = sum(t.nbytes for s in self._shards for t in s.tensors)
+            doc = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+            (self._folder / INDEX_NAME).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

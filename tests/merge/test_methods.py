@@ -1,0 +1,233 @@
+"""Merge methods against peft.utils.merge_utils on the same deltas, bit for bit."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from peft.utils import merge_utils as peft_mu
+
+from lorareg.errors import MergeError
+from lorareg.merge.methods import METHODS, MergeMethod, get_method
+
+
+def _peft_linear(deltas, weights, density, msm):
+    return peft_mu.task_arithmetic(deltas, weights)
+
+
+# peft's function for each registered method; a method added to METHODS without a reference
+# here fails test_every_method_has_a_peft_reference.
+PEFT_REFERENCE = {
+    "linear": _peft_linear,
+    "ties": lambda d, w, density, msm: peft_mu.ties(d, w, density, msm),
+    "dare_linear": lambda d, w, density, msm: peft_mu.dare_linear(d, w, density),
+    "dare_ties": lambda d, w, density, msm: peft_mu.dare_ties(d, w, density, msm),
+    "magnitude_prune": lambda d, w, density, msm: peft_mu.magnitude_prune(d, w, density),
+}
+
+SHAPES = [(7,), (16, 24), (33, 17), (2, 5, 6), "transposed"]
+# Up to four adapters (where peft's sum(dim=0) adds in adapter order), negative weights included.
+WEIGHT_SETS = [[1.0], [-0.7], [0.5, 0.5], [1.3, -0.4, 0.25], [0.9, -1.1, 0.3, 2.0]]
+DENSITIES = [0.07, 0.5, 0.9, 1.0]
+SIGN_METHODS = ["total", "frequency"]
+
+
+def _deltas(shape, n: int, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        if shape == "transposed":  # a Conv1D-style delta: a transposed, non-contiguous view
+            t = torch.randn(24, 16, generator=gen).T
+        else:
+            t = torch.randn(shape, generator=gen)
+        t = t * 10.0 ** (i - 1)  # different scales, so weighting and sign election matter
+        if i % 2 == 1:
+            # Quantised copy: many equal magnitudes (topk tie-breaking) and exact zeros (sign 0).
+            t = torch.round(t * 2 / 10.0 ** (i - 1)) / 2
+        out.append(t)
+    return out
+
+
+def _cases():
+    for name, method in METHODS.items():
+        for shape in SHAPES:
+            for weights in WEIGHT_SETS:
+                for density in DENSITIES if method.uses_density else [None]:
+                    for msm in SIGN_METHODS if method.uses_sign else ["total"]:
+                        yield pytest.param(name, shape, weights, density, msm,
+                                           id=f"{name}-{shape}-n{len(weights)}-{weights[0]}-d{density}-{msm}")
+
+
+def _ours(name, deltas, weights, density, msm, seed):
+    return METHODS[name].combine(
+        deltas, weights, density=density, majority_sign_method=msm,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _peft(name, deltas, weights, density, msm, seed):
+    torch.manual_seed(seed)  # peft's random_pruning draws from the global RNG
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # peft warns that density 1 prunes nothing
+        return PEFT_REFERENCE[name](deltas, torch.tensor(weights), density, msm)
+
+
+def test_every_method_has_a_peft_reference():
+    assert set(PEFT_REFERENCE) == set(METHODS)
+    assert set(METHODS) == {"linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"}
+
+
+@pytest.mark.parametrize(("name", "shape", "weights", "density", "msm"), list(_cases()))
+def test_matches_peft_bit_for_bit(name, shape, weights, density, msm):
+    deltas = _deltas(shape, len(weights), seed=len(weights))
+    seed = 1234 + len(weights)
+    ours = _ours(name, deltas, weights, density, msm, seed)
+    ref = _peft(name, deltas, weights, density, msm, seed)
+    assert ours.dtype == torch.float32
+    assert ours.shape == deltas[0].shape
+    assert torch.equal(ours, ref), f"max abs diff {(ours - ref).abs().max().item()}"
+    if METHODS[name].uses_density and density < 1:
+        assert not torch.equal(ours, _ours("linear", deltas, weights, None, "total", 0))
+
+
+@pytest.mark.parametrize("n", [5, 7])
+def test_linear_sums_in_adapter_order(n):
+    # Beyond four adapters peft's sum(dim=0) regroups the additions; ours stays left to right.
+    deltas = _deltas((40, 30), n, seed=3)
+    weights = [0.3 * (-1) ** i + 0.1 * i for i in range(n)]
+    expected = deltas[0] * weights[0]
+    for d, w in zip(deltas[1:], weights[1:]):
+        expected = expected + d * w
+    ours = _ours("linear", deltas, weights, None, "total", 0)
+    assert torch.equal(ours, expected)
+    exact = sum(d.double() * w for d, w in zip(deltas, weights))
+    torch.testing.assert_close(ours.double(), exact, rtol=1e-6, atol=1e-6)
+
+
+def test_linear_single_adapter_at_weight_one_is_untouched():
+    delta = torch.randn(8, 4)
+    before = delta.clone()
+    out = METHODS["linear"].combine([delta], [1.0], density=None, majority_sign_method="total",
+                                    generator=torch.Generator())
+    assert out is delta
+    neg = METHODS["linear"].combine([delta], [-1.0], density=None, majority_sign_method="total",
+                                    generator=torch.Generator())
+    assert torch.equal(neg, -delta)
+    assert torch.equal(delta, before)  # negation did not act in place
+
+
+def test_inputs_are_not_modified():
+    deltas = _deltas((16, 24), 3, seed=9)
+    copies = [d.clone() for d in deltas]
+    for name, method in METHODS.items():
+        method.combine(deltas, [0.5, -1.0, 2.0], density=0.3 if method.uses_density else None,
+                       majority_sign_method="total", generator=torch.Generator().manual_seed(0))
+        assert all(torch.equal(d, c) for d, c in zip(deltas, copies)), name
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_same_seed_same_bytes_and_global_rng_untouched(name):
+    method = METHODS[name]
+    deltas = _deltas((64, 48), 3, seed=5)
+    kwargs = {"density": 0.4 if method.uses_density else None, "majority_sign_method": "frequency"}
+    state = torch.get_rng_state()
+    a = method.combine(deltas, [1.0, -0.5, 0.8], generator=torch.Generator().manual_seed(7), **kwargs)
+    b = method.combine(deltas, [1.0, -0.5, 0.8], generator=torch.Generator().manual_seed(7), **kwargs)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert a.numpy().tobytes() == b.numpy().tobytes()
+    c = method.combine(deltas, [1.0, -0.5, 0.8], generator=torch.Generator().manual_seed(8), **kwargs)
+    assert torch.equal(a, c) != method.random  # only the random methods depend on the seed
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_independent_of_thread_count(name):
+    method = METHODS[name]
+    # Large enough (2 x 300k elements) that torch splits every op across two threads.
+    deltas = _deltas((600, 500), 2, seed=11) + _deltas((600, 500), 1, seed=12)
+    kwargs = {"density": 0.3 if method.uses_density else None, "majority_sign_method": "total"}
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(method.combine(deltas, [0.7, -1.2, 0.4],
+                                          generator=torch.Generator().manual_seed(3), **kwargs))
+    finally:
+        torch.set_num_threads(threads)
+    assert results[0].numpy().tobytes() == results[1].numpy().tobytes()
+
+
+def test_registry_and_flags():
+    for name, method in METHODS.items():
+        assert isinstance(method, MergeMethod)
+        assert method.name == name
+        assert get_method(name) is method
+    assert [n for n, m in METHODS.items() if m.supports_subtract] == ["linear"]
+    assert {n for n, m in METHODS.items() if m.random} == {"dare_linear", "dare_ties"}
+    assert {n for n, m in METHODS.items() if not m.uses_density} == {"linear"}
+    assert {n for n, m in METHODS.items() if m.uses_sign} == {"ties", "dare_ties"}
+
+
+def test_unknown_method_names_the_known_ones():
+    with pytest.raises(MergeError, match="unknown merge method 'slerp'") as err:
+        get_method("slerp")
+    assert all(name in err.value.hint for name in METHODS)
+
+
+PRUNING = [n for n, m in METHODS.items() if m.uses_density]
+
+
+@pytest.mark.parametrize("name", PRUNING)
+@pytest.mark.parametrize("density", [None, 0, 0.0, -0.1, 1.5, math.nan, math.inf, True, "0.5"])
+def test_pruning_methods_reject_bad_density(name, density):
+    with pytest.raises(MergeError, match="density") as err:
+        METHODS[name].validate(density=density, majority_sign_method="total", n_adapters=2)
+    assert err.value.hint
+    with pytest.raises(MergeError, match="density"):
+        METHODS[name].combine([torch.ones(2, 2)], [1.0], density=density, majority_sign_method="total",
+                              generator=torch.Generator())
+
+
+@pytest.mark.parametrize("name", PRUNING)
+def test_pruning_methods_accept_density_in_range(name):
+    for density in (1e-6, 0.5, 1, 1.0):
+        METHODS[name].validate(density=density, majority_sign_method="frequency", n_adapters=1)
+
+
+def test_linear_rejects_a_density():
+    with pytest.raises(MergeError, match="takes no density") as err:
+        METHODS["linear"].validate(density=0.5, majority_sign_method="total", n_adapters=2)
+    assert "ties" in err.value.hint
+    METHODS["linear"].validate(density=None, majority_sign_method="total", n_adapters=2)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_validate_rejects_bad_sign_method_and_adapter_count(name):
+    density = 0.5 if METHODS[name].uses_density else None
+    with pytest.raises(MergeError, match="majority_sign_method") as err:
+        METHODS[name].validate(density=density, majority_sign_method="mean", n_adapters=2)
+    assert "total" in err.value.hint and "frequency" in err.value.hint
+    for n in (0, -1, 1.5, None):
+        with pytest.raises(MergeError, match="at least one adapter"):
+            METHODS[name].validate(density=density, majority_sign_method="total", n_adapters=n)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_combine_rejects_inconsistent_inputs(name):
+    method = METHODS[name]
+    kw = {"density": 0.5 if method.uses_density else None, "majority_sign_method": "total",
+          "generator": torch.Generator()}
+    a = torch.ones(3, 4)
+    cases = [
+        (([], []), "no deltas"),
+        (([a, a], [1.0]), "2 deltas but 1 weights"),
+        (([a, torch.ones(4, 3)], [1.0, 1.0]), "has shape"),
+        (([a, a.half()], [1.0, 1.0]), "float16"),
+        (([a, a], [1.0, math.nan]), "finite"),
+    ]
+    for (deltas, weights), message in cases:
+        with pytest.raises(MergeError, match=message) as err:
+            method.combine(deltas, weights, **kw)
+        assert err.value.hint
