@@ -24,10 +24,29 @@ def export(reg: "Registry", *, ref: str, dest: Path, progress=None) -> VersionIn
     if dest.exists() and any(dest.iterdir()):
         raise LoraregError(f"{dest} exists and is not empty", hint="pick a new folder to export into")
     info = reg.get(ref)
+    produced = None
     if info.kind == "merge" and not info.stored:
-        reg.materialize(info.ref, progress=progress)
-        info = reg.get(info.ref)
-    src = reg.materialize_path(info)
+        # Rebuilt and digest-checked into a scratch folder; the version stays recipe only.
+        from lorareg.registry.rebuilding import produce_checked
+
+        _, produced = produce_checked(reg, info.ref, progress=progress)
+        src = produced.path
+    else:
+        src = reg.materialize_path(info)
+    try:
+        _copy_out(info, src, dest)
+    finally:
+        if produced is not None:
+            from lorareg.registry.merging import discard
+
+            discard(produced)
+    with Session(reg.engine) as session:
+        catalog.record_event(session, "export", ref=info.ref, version_id=None, dest=str(dest))
+        session.commit()
+    return info
+
+
+def _copy_out(info: VersionInfo, src: Path, dest: Path) -> None:
     tmp = dest.with_name(f".{dest.name}.incomplete")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -42,10 +61,6 @@ def export(reg: "Registry", *, ref: str, dest: Path, progress=None) -> VersionIn
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    with Session(reg.engine) as session:
-        catalog.record_event(session, "export", ref=info.ref, version_id=None, dest=str(dest))
-        session.commit()
-    return info
 
 
 def evict(reg: "Registry", session: Session, row: m.Version) -> bool:

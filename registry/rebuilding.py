@@ -102,19 +102,28 @@ def store_produced(reg: "Registry", row: m.Version, produced: Produced) -> None:
     link_version(reg, row.name, row.version, {k: v.sha256 for k, v in produced.files.items()})
 
 
+def produce_checked(reg: "Registry", ref: str, *, progress=None) -> tuple[m.Version, Produced]:
+    """Rebuild a merge into a temporary folder and check its digest before anyone uses it."""
+    with Session(reg.engine) as session:
+        row = catalog.resolve(session, ref, kind="merge")
+        recipe = stored_recipe(session, row)
+    produced = produce(reg, row, recipe, progress=progress)
+    if produced.digest != row.digest:
+        discard(produced)
+        raise IntegrityError(
+            f"rebuilding {row.name}@{row.version} gave {produced.digest}, not the recorded {row.digest}",
+            hint=f"run: lorareg rebuild {row.name}@{row.version} for a report of what differs")
+    return row, produced
+
+
 def materialize(reg: "Registry", ref: str, *, progress=None) -> None:
     """Give a recipe-only version its files back: rebuild, check the digest, store."""
     with Session(reg.engine) as session:
         row = catalog.resolve(session, ref)
         if row.stored or row.kind != "merge":
             return
-        recipe = stored_recipe(session, row)
-    produced = produce(reg, row, recipe, progress=progress)
+    row, produced = produce_checked(reg, ref, progress=progress)
     try:
-        if produced.digest != row.digest:
-            raise IntegrityError(
-                f"rebuilding {row.name}@{row.version} gave {produced.digest}, not the recorded {row.digest}",
-                hint=f"run: lorareg rebuild {row.name}@{row.version} for a report of what differs")
         store_produced(reg, row, produced)
     finally:
         discard(produced)

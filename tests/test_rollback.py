@@ -62,6 +62,7 @@ def test_keep_recipe_and_gc_evict(three, tmp_path):
     # export rebuilds first, checks the digest, then writes
     three.export(ref=full.ref, dest=tmp_path / "out")
     assert "model.safetensors" in os.listdir(tmp_path / "out")
+    assert not three.get(full.ref).stored  # export rebuilt into scratch; the version stays recipe only
     assert three.rebuild(ref=full.ref).ok
     assert three.materialize(kept.ref).stored
 
