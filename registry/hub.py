@@ -10,6 +10,7 @@ this module reads them again on every call, so a change made after that import c
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import re
@@ -61,6 +62,7 @@ class PushResult:
     uploaded: tuple[str, ...]
     reused: tuple[str, ...]
     deleted: tuple[str, ...] = ()
+    endpoint: str = ""
 
 
 def is_repo_id(s: str) -> bool:
@@ -144,10 +146,10 @@ def push_folder(*, folder: Path, repo_id: str, tag: str, branch: str | None = No
     def result(sha: str, *, noop: bool, uploaded=(), reused=(), deleted=()) -> PushResult:
         return PushResult(repo_id=repo_id, commit_sha=sha, tag=tag, branch=branch, url=url, noop=noop,
                           uploaded=tuple(sorted(uploaded)), reused=tuple(sorted(reused)),
-                          deleted=tuple(sorted(deleted)))
+                          deleted=tuple(sorted(deleted)), endpoint=ep)
 
-    with _translated(repo_id=repo_id, endpoint=ep, revision=branch, token=token):
-        api.create_repo(repo_id, private=private, exist_ok=True)
+    with _translated(repo_id=repo_id, endpoint=ep, revision=branch, token=token, push=True):
+        api.create_repo(repo_id, private=private or None, exist_ok=True)  # None: the namespace's default
         tags, heads = _refs(api, repo_id)
         if tag in tags:
             if _same_tree(local, _remote_files(api, repo_id, tags[tag])):
@@ -176,7 +178,7 @@ def push_folder(*, folder: Path, repo_id: str, tag: str, branch: str | None = No
     try:
         api.create_tag(repo_id, tag=tag, revision=commit_sha, tag_message=commit_message)
     except Exception as exc:
-        err = _to_hub_error(exc, repo_id=repo_id, endpoint=ep, revision=tag, token=token)
+        err = _to_hub_error(exc, repo_id=repo_id, endpoint=ep, revision=tag, token=token, push=True)
         if err is None:
             raise
         raise HubError(f"commit {commit_sha[:12]} is on {repo_id}@{branch} but tagging it {tag} failed: "
@@ -194,21 +196,29 @@ class _LocalFile:
     source: Path | None = None
     data: bytes | None = field(default=None, repr=False)
 
-    def read(self) -> bytes:
-        return self.data if self.data is not None else self.source.read_bytes()
-
     def git_blob_sha1(self) -> str:
-        return hashlib.sha1(b"blob %d\0" % self.size + self.read()).hexdigest()
+        h = hashlib.sha1(b"blob %d\0" % self.size)  # git's id for a non-LFS file
+        if self.data is None:
+            return _hashed(self.source, h).hexdigest()
+        h.update(self.data)
+        return h.hexdigest()
 
     def operation(self) -> Any:
         from huggingface_hub import CommitOperationAdd
 
-        op = CommitOperationAdd(path_in_repo=self.path, path_or_fileobj=self.data if self.data is not None else self.source)
+        op = CommitOperationAdd(path_in_repo=self.path, path_or_fileobj=self.source if self.data is None else self.data)
         try:
             op.upload_info.sha256 = bytes.fromhex(self.sha256)  # spares huggingface_hub a second read
         except AttributeError:
             pass
         return op
+
+
+def _hashed(path: Path, h: Any) -> Any:
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h
 
 
 def _local_files(folder: Path, card: str | None) -> dict[str, _LocalFile]:
@@ -220,11 +230,7 @@ def _local_files(folder: Path, card: str | None) -> dict[str, _LocalFile]:
         for name in sorted(names):
             path = Path(root, name)
             rel = path.relative_to(folder).as_posix()
-            digest = hashlib.sha256()
-            with path.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
-            files[rel] = _LocalFile(rel, path.stat().st_size, digest.hexdigest(), source=path)
+            files[rel] = _LocalFile(rel, path.stat().st_size, _hashed(path, hashlib.sha256()).hexdigest(), source=path)
     if card is not None:
         data = card.encode()
         files["README.md"] = _LocalFile("README.md", len(data), hashlib.sha256(data).hexdigest(), data=data)
@@ -235,16 +241,13 @@ def _local_files(folder: Path, card: str | None) -> dict[str, _LocalFile]:
 
 def _check_weights(path: Path, *, repo_id: str, commit_sha: str, kind: str, allow_pickle: bool,
                    cache_dir: Path | None) -> None:
-    names = {p.name for p in path.iterdir() if p.is_file()}
-    if kind == "adapter":
-        safe, pickled = {"adapter_model.safetensors"} & names, {"adapter_model.bin"} & names
-    else:
-        safe = {n for n in names if n.endswith(".safetensors")}
-        pickled = {n for n in names if n.endswith((".bin", ".pt", ".pth"))}
-    if safe or (allow_pickle and pickled):
+    safe, pickled = (["adapter_model.safetensors"], ["adapter_model.bin"]) if kind == "adapter" \
+        else (["*.safetensors"], _PICKLE)
+    names = [p.name for p in path.iterdir() if p.is_file()]
+    if _any_match(names, safe + (pickled if allow_pickle else [])):
         return
     where = f"{repo_id}@{commit_sha[:12]}"
-    if not allow_pickle and _remote_has_pickle(repo_id, commit_sha, cache_dir):
+    if not allow_pickle and _any_match(_cached_listing(repo_id, commit_sha, cache_dir), pickled):
         raise PickleRefusedError(f"{where} has only pickle weights (.bin/.pt), not safetensors")
     wanted = "adapter_model.safetensors" if kind == "adapter" else "*.safetensors weights"
     raise CheckpointError(f"{where} has no {wanted}",
@@ -252,15 +255,19 @@ def _check_weights(path: Path, *, repo_id: str, commit_sha: str, kind: str, allo
                                f"hf://{repo_id}@REVISION")
 
 
-def _remote_has_pickle(repo_id: str, commit_sha: str, cache_dir: Path | None) -> bool:
-    """From the tree listing snapshot_download cached: were .bin/.pt files left out?"""
+def _any_match(names: list[str], patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
+
+
+def _cached_listing(repo_id: str, commit_sha: str, cache_dir: Path | None) -> list[str]:
+    """Top-level file names of the tree listing snapshot_download cached, including those it skipped."""
     try:
         from huggingface_hub import get_cached_repo_tree
 
         listing = get_cached_repo_tree(repo_id, revision=commit_sha, cache_dir=cache_dir)
-    except Exception:  # older huggingface_hub, or no cached listing: just say "no weights"
-        return False
-    return any("/" not in f.path and f.path.endswith((".bin", ".pt", ".pth")) for f in listing)
+    except Exception:  # older huggingface_hub, or no cached listing: then we only know "no weights"
+        return []
+    return [f.path for f in listing if "/" not in f.path]
 
 
 # -- remote side -----------------------------------------------------------------------------
@@ -342,25 +349,23 @@ def _resolve_token(token: str | None) -> str:
 
 
 @contextmanager
-def _translated(*, repo_id: str, endpoint: str, revision: str | None, token: str | None,
-                offline: bool = False) -> Iterator[None]:
+def _translated(**context: Any) -> Iterator[None]:
     try:
         yield
     except LoraregError:
         raise
     except Exception as exc:
-        err = _to_hub_error(exc, repo_id=repo_id, endpoint=endpoint, revision=revision, token=token,
-                            offline=offline)
-        if err is None:
+        err = _to_hub_error(exc, **context)
+        if err is None:  # not a Hub failure: a bug, keep its traceback
             raise
         raise err from exc
 
 
 def _to_hub_error(exc: BaseException, *, repo_id: str, endpoint: str, revision: str | None, token: str | None,
-                  offline: bool = False) -> HubError | None:
+                  offline: bool = False, push: bool = False) -> HubError | None:
+    """The one-line HubError for the first Hub failure in `exc`'s chain, or None."""
     from huggingface_hub import errors as hf
 
-    retry = "rerun the command; files already uploaded are not sent again"
     for e in _chain(exc):
         if isinstance(e, hf.LocalEntryNotFoundError):
             if offline:
@@ -386,17 +391,20 @@ def _to_hub_error(exc: BaseException, *, repo_id: str, endpoint: str, revision: 
             status = e.response.status_code if e.response is not None else None
             if status == 401:
                 msg, hint = (f"the Hub at {endpoint} rejected the token (401 Unauthorized)",
-                             "set a valid write token in HF_TOKEN, or run `hf auth login --force`")
-            elif status == 403:
+                             "set a valid token in HF_TOKEN, or run `hf auth login --force`")
+            elif status == 403 and push:
                 msg, hint = (f"no write access to {repo_id} with this token (403 Forbidden)",
                              f"push to a namespace you own (--repo YOUR_NAME/{repo_id.split('/')[-1]}), "
                              "or use a token with write access to it")
+            elif status == 403:
+                msg, hint = (f"this token may not read {repo_id} (403 Forbidden)",
+                             "use a token with read access to it: hf auth login, or HF_TOKEN")
             elif status == 412:
                 msg, hint = f"{repo_id}@{revision} changed while pushing", "rerun lorareg push"
             else:
                 detail = (e.server_message or str(e)).strip().splitlines()
                 msg = f"the Hub answered {status} for {repo_id}: {detail[0] if detail else type(e).__name__}"
-                hint = retry
+                hint = "rerun the command; files already uploaded are not sent again"
         elif isinstance(e, _transport_errors()):
             msg, hint = (f"cannot reach the Hub at {endpoint} ({type(e).__name__})",
                          "check the network, or point --endpoint / HF_ENDPOINT at a reachable Hub")

@@ -1,0 +1,151 @@
+"""The README.md model card pushed with a merged model or adapter.
+
+The card is a pure function of what the registry knows (no clock, no host names), so
+the same version always renders the same bytes and a re-push stays a no-op.  Anything
+that looks like a credential is blanked before the text leaves this module.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from lorareg.errors import HubError, LoraregError
+from lorareg.registry.hub import is_repo_id
+
+__all__ = ["render_card"]
+
+# Shown in their own rows or the inputs table, or results rather than knobs (the full
+# recipe is in the card's JSON block anyway); everything else is a method parameter.
+_NOT_PARAMETERS = {"method", "seed", "dtype", "adapters", "base", "versions", "parameters", "engine",
+                   "lorareg_version", "notes", "tensors_changed", "tensors_total"}
+_SECRETS = [
+    (re.compile(r"\bhf_[A-Za-z0-9]{16,}"), "hf_***"),  # Hugging Face user and org tokens
+    (re.compile(r"(https?://)[^/@\s]+@"), r"\1***@"),  # credentials inside a URL
+    (re.compile(r"(?i)\b(bearer\s+)[\w.~+/-]{8,}=*"), r"\1***"),
+]
+
+
+def render_card(*, kind: Literal["merge", "adapter"], name: str, version: int, base_model: str | None,
+                recipe: Mapping[str, Any], inputs: Sequence[Mapping[str, Any]], output_digest: str,
+                lorareg_version: str) -> str:
+    """README.md text: Hub YAML front matter, then inputs, recipe, output digest, rebuild."""
+    from huggingface_hub import ModelCardData
+
+    if kind not in ("merge", "adapter"):
+        raise LoraregError(f"unknown card kind {kind!r}", hint="use kind='merge' or kind='adapter'")
+    if base_model is not None and not is_repo_id(base_model):
+        raise HubError(f"base_model {base_model!r} is not a Hub repo id",
+                       hint="pass the base's Hub id (ORG/NAME), or None when it did not come from the Hub")
+    n_adapters = sum(1 for i in inputs if i.get("role") == "adapter")
+    if kind == "merge":
+        tags, library = ["lora", "merge", "lorareg"], "transformers"
+    else:
+        tags, library = ["lora", "peft", "lorareg"] + (["merge"] if n_adapters > 1 else []), "peft"
+    data = ModelCardData(
+        base_model=base_model, library_name=library, tags=tags,
+        base_model_relation="merge" if kind == "merge" else "adapter",
+        lorareg={"name": name, "version": version, "digest": output_digest},
+    )
+    body = "\n".join([
+        f"# {name} v{version}",
+        "",
+        _summary(kind, base_model, n_adapters, lorareg_version),
+        "",
+        "## Inputs",
+        "",
+        "| role | name@version | weight | digest | source |",
+        "|---|---|---|---|---|",
+        *(_input_row(i) for i in inputs),
+        "",
+        "## Recipe",
+        "",
+        "| | |",
+        "|---|---|",
+        *_recipe_rows(recipe, lorareg_version),
+        "",
+        "<details><summary>recipe as recorded</summary>",
+        "",
+        "```json",
+        json.dumps(recipe, sort_keys=True, indent=2, default=str),
+        "```",
+        "",
+        "</details>",
+        "",
+        "## Output",
+        "",
+        f"`{output_digest}`: the lorareg digest of the output (tensor names, dtypes, shapes and bytes; "
+        "it does not depend on how the weights are split into shards).",
+        "",
+        "## Rebuild",
+        "",
+        "With the inputs above registered in lorareg:",
+        "",
+        "```bash",
+        f"lorareg rebuild {name}@{version}",
+        "```",
+        "",
+        "This re-runs the recipe and checks that the output digest matches, bit for bit.",
+        "",
+    ])
+    return _redact(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _summary(kind: str, base_model: str | None, n_adapters: int, lorareg_version: str) -> str:
+    # A root-relative link, so the card points at the right host on mirrors and self-hosted Hubs too.
+    base = f"[{base_model}](/{base_model})" if base_model else "its base model"
+    if kind == "merge":
+        what = f"{n_adapters} LoRA adapter{'s' if n_adapters != 1 else ''} merged into {base}"
+        load = "Load it with `transformers` (`AutoModel*.from_pretrained`); no PEFT or lorareg code is needed."
+    else:
+        what = f"A LoRA adapter for {base}" + (f", combined from {n_adapters} adapters" if n_adapters > 1 else "")
+        load = "Load it with PEFT on top of the base (`PeftModel.from_pretrained`)."
+    return f"{what[0].upper()}{what[1:]}, built with lorareg {lorareg_version}. {load}"
+
+
+def _input_row(item: Mapping[str, Any]) -> str:
+    ref = item.get("ref") or str(item.get("name", ""))
+    if not item.get("ref") and item.get("version") is not None:
+        ref += f"@{item['version']}"
+    weight = item.get("weight")
+    cells = [item.get("role", ""), ref, "" if weight is None else weight, _code(item.get("digest")),
+             _code(item.get("source"))]
+    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+def _recipe_rows(recipe: Mapping[str, Any], lorareg_version: str) -> list[str]:
+    params = recipe.get("parameters")
+    if not isinstance(params, Mapping):
+        params = {k: v for k, v in recipe.items() if k not in _NOT_PARAMETERS and v not in (None, "", [], {})}
+    versions = dict(recipe.get("versions") or {})
+    versions.setdefault("lorareg", recipe.get("lorareg_version") or lorareg_version)
+    if recipe.get("engine"):
+        versions.setdefault("engine", recipe["engine"])
+    rows = [
+        ("method", recipe.get("method") or "—"),
+        ("parameters", ", ".join(f"{k}={_plain(v)}" for k, v in sorted(params.items())) or "—"),
+        ("seed", "—" if recipe.get("seed") is None else recipe["seed"]),
+        ("dtype", recipe.get("dtype") or "—"),
+        ("versions", ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))),
+    ]
+    return [f"| {k} | {_cell(v)} |" for k, v in rows]
+
+
+def _plain(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (Mapping, list, tuple)) else str(value)
+
+
+def _code(value: Any) -> str:
+    return f"`{value}`" if value else ""
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _redact(text: str) -> str:
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
