@@ -110,7 +110,7 @@ def push(reg: "Registry", *, ref: str, repo_id: str, tag: str | None, branch: st
         shutil.rmtree(stage, ignore_errors=True)
     if not res.commit_sha:
         raise HubError(f"the Hub returned no commit for {repo_id}", hint="rerun lorareg push; nothing was recorded")
-    ep = hub._endpoint(endpoint)
+    ep = res.endpoint or hub._endpoint(endpoint)
     with Session(reg.engine) as session:
         row = catalog.resolve(session, info.ref)
         existing = session.exec(select(m.HubPush).where(

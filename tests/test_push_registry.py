@@ -1,0 +1,72 @@
+"""`lorareg push` and `lorareg add base hf://...` end to end against the local Hub server."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from click.testing import CliRunner
+
+from hub_server import ALICE, hub  # noqa: F401  (hub is the fixture)
+from lorareg.cli.main import cli
+
+
+class _Out:
+    def __init__(self, result):
+        self.output = result.stdout  # progress bars go to stderr; --json output is stdout alone
+
+
+def run(*args):
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return _Out(r)
+
+
+def test_push_merged_versions_and_download_by_tag(hub, reg, llama, llama_lora, llama_lora2, monkeypatch, tmp_path):
+    from huggingface_hub import ModelCard, snapshot_download
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("HF_TOKEN", ALICE)
+    reg.add_base(path=llama, name="llama")
+    reg.add_adapter(path=llama_lora, base="llama", name="chat")
+    reg.add_adapter(path=llama_lora2, base="llama", name="code")
+    v1 = reg.merge(base="llama", adapters=["chat"], name="assistant")
+    v2 = reg.merge(base="llama", adapters=["chat", "code:0.5"], name="assistant", keep="recipe")
+
+    out = json.loads(run("push", v1.ref, "--repo", "alice/assistant", "--json").output)
+    assert out["tag"] == "v1" and not out["noop"] and len(out["commit_sha"]) == 40
+    again = json.loads(run("push", v1.ref, "--repo", "alice/assistant", "--json").output)
+    assert again["noop"] and again["commit_sha"] == out["commit_sha"]
+    # v2 is recipe only: push rebuilds it, checks the digest, then uploads
+    out2 = json.loads(run("push", v2.ref, "--repo", "alice/assistant", "--json").output)
+    assert out2["tag"] == "v2" and "tokenizer.json" in out2["reused"]
+
+    listed = json.loads(run("ls", "merges", "--pushed", "--json").output)
+    where = {i["ref"]: [(p["repo_id"], p["tag"]) for p in i["pushes"]] for i in listed}
+    assert where == {"assistant@1": [("alice/assistant", "v1")], "assistant@2": [("alice/assistant", "v2")]}
+
+    folder = snapshot_download("alice/assistant", revision="v2", endpoint=hub.url, token=ALICE,
+                               cache_dir=tmp_path / "cache")
+    card = ModelCard.load(f"{folder}/README.md")
+    assert card.data.base_model_relation == "merge" and {"lora", "merge", "lorareg"} <= set(card.data.tags)
+    assert v2.digest in card.text and reg.get("chat").digest in card.text
+    assert ALICE not in card.text
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    exported = tmp_path / "v2"
+    reg.export(ref=v2.ref, dest=exported)
+    ours = AutoModelForCausalLM.from_pretrained(exported)
+    for (k, a), (_, b) in zip(sorted(model.state_dict().items()), sorted(ours.state_dict().items())):
+        assert torch.equal(a, b), k
+
+
+def test_add_base_from_hub_pins_commit(hub, reg, llama, monkeypatch):
+    from lorareg.registry.hub import push_folder
+
+    res = push_folder(folder=llama, repo_id="alice/tiny-llama", tag="release", token=ALICE, commit_message="up")
+    monkeypatch.setenv("HF_TOKEN", ALICE)
+    out = json.loads(run("add", "base", "hf://alice/tiny-llama@release", "--json").output)
+    assert out["name"] == "tiny-llama"
+    assert out["details"]["hub_repo"] == "alice/tiny-llama" and out["details"]["hub_commit"] == res.commit_sha
+    assert out["digest"] == reg.add_base(path=llama, name="local").digest
+    tree = json.loads(run("lineage", "tiny-llama", "--json").output)
+    assert tree["nodes"][0]["source"] == f"hf://alice/tiny-llama@{res.commit_sha}"
