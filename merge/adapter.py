@@ -28,12 +28,14 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "AdapterLayout",
     "AdapterModule",
     "AdapterSummary",
     "LoadedAdapter",
     "ModuleLayout",
-    "AdapterLayout",
+    "base_shapes_of",
     "check_adapter_fits",
+    "check_layout",
     "inspect_adapter",
     "layout_adapter",
     "load_adapter",
@@ -75,7 +77,8 @@ class AdapterLayout:
     shapes: dict[str, tuple[int, ...]]  # adapter key -> shape
 
 
-def _group(adapter: Path, keys: Mapping[str, tuple[int, ...]]) -> dict[str, dict[str, Any]]:
+def _group(keys: Mapping[str, tuple[int, ...]]) -> dict[str, dict[str, Any]]:
+    """Adapter keys by the module they belong to: {module: {role: key}}."""
     modules: dict[str, dict[str, Any]] = {}
     for key in sorted(keys):
         role = parse_key(key)
@@ -135,7 +138,7 @@ def layout_adapter(
             )
         claimed[target] = what
 
-    for module, entry in _group(adapter, shapes).items():
+    for module, entry in _group(shapes).items():
         for slot, key in entry.items():
             if slot.startswith("replace:"):
                 param = slot.partition(":")[2]
@@ -282,30 +285,49 @@ class AdapterModule:
     lora_bias: torch.Tensor | None = None
     bias_target: str | None = None
 
-    def raw_delta(self, dtype: torch.dtype) -> torch.Tensor:
-        """PEFT's ``get_delta_weight`` with the adapter weights held in ``dtype``."""
-        from lorareg.merge.delta import lora_delta
-
-        fifo = True if self.kind == "embedding" else self.fan_in_fan_out
-        return lora_delta(self.lora_A, self.lora_B, scaling=self.scaling, fan_in_fan_out=fifo, dtype=dtype)
-
-    def delta(self, adapter_dtype: str = "float32", *, base_dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The full float32 delta s * B @ A in the base weight's layout.
-
-        ``adapter_dtype="base"`` rounds the factors to ``base_dtype`` first (and the product
-        back to it), as PEFT does when the adapter is held in the base's dtype.
-        """
-        import torch
-
+    def _held(self, t: torch.Tensor, adapter_dtype: str, base_dtype: torch.dtype | None) -> torch.Tensor:
+        """A stored adapter tensor as PEFT holds it: float32, or first rounded to the base dtype."""
+        if adapter_dtype == "float32":
+            return t.float()
         if adapter_dtype == "base":
             if base_dtype is None:
                 raise ValueError("adapter_dtype='base' needs base_dtype")
-            dtype = base_dtype
-        elif adapter_dtype == "float32":
-            dtype = torch.float32
-        else:
-            raise ValueError(f"unknown adapter_dtype {adapter_dtype!r}")
-        return self.raw_delta(dtype).float()
+            return t.to(base_dtype).float()
+        raise ValueError(f"unknown adapter_dtype {adapter_dtype!r}")
+
+    def factors(
+        self, adapter_dtype: str = "float32", *, base_dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lora_A, lora_B) in float32, rounded through ``base_dtype`` first for "base"."""
+        return (self._held(self.lora_A, adapter_dtype, base_dtype), self._held(self.lora_B, adapter_dtype, base_dtype))
+
+    def held_magnitude(self, adapter_dtype: str = "float32", *, base_dtype: torch.dtype | None = None) -> torch.Tensor:
+        assert self.magnitude is not None
+        return self._held(self.magnitude, adapter_dtype, base_dtype)
+
+    def held_bias(self, adapter_dtype: str = "float32", *, base_dtype: torch.dtype | None = None) -> torch.Tensor:
+        assert self.lora_bias is not None
+        return self._held(self.lora_bias, adapter_dtype, base_dtype)
+
+    def delta(
+        self,
+        adapter_dtype: str = "float32",
+        *,
+        base_dtype: torch.dtype | None = None,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The full float32 delta ``scaling * B @ A`` in the base weight's layout.
+
+        PEFT always merges with float32 factors on CPU; ``adapter_dtype="base"`` rounds the
+        stored factors to ``base_dtype`` first, as ``AutoPeftModel*.from_pretrained(...,
+        dtype=base_dtype, low_cpu_mem_usage=True)`` does when it loads them.  ``out``: a
+        float32 buffer of the shape of ``B @ A`` to compute into (the result is a view of it).
+        """
+        from lorareg.merge.delta import lora_delta
+
+        a, b = self.factors(adapter_dtype, base_dtype=base_dtype)
+        fifo = True if self.kind == "embedding" else self.fan_in_fan_out
+        return lora_delta(a, b, scaling=self.scaling, fan_in_fan_out=fifo, out=out)
 
 
 @dataclass(frozen=True)

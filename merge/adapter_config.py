@@ -146,9 +146,7 @@ def summarize(adapter: Path, cfg: dict[str, Any]) -> AdapterSummary:
                     for k, v in (cfg.get("rank_pattern") or {}).items()}
     alpha_pattern = {str(k): _number(adapter, f"alpha_pattern[{k}]", v)
                      for k, v in (cfg.get("alpha_pattern") or {}).items()}
-    raw_targets = cfg.get("target_modules")
-    if raw_targets is None:
-        raise CheckpointError(f"{adapter}: adapter_config has no target_modules", hint="re-save the adapter")
+    raw_targets = cfg.get("target_modules")  # None: only modules_to_save / trainable tokens
     target_regex = raw_targets if isinstance(raw_targets, str) else None
     if target_regex is not None:
         try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import uuid
 from collections import Counter
@@ -40,7 +41,7 @@ from lorareg.merge.adapter import (
     layout_adapter,
     load_adapter,
 )
-from lorareg.merge.adapter_config import ADAPTER_CONFIG, ADAPTER_WEIGHTS, pattern_value
+from lorareg.merge.adapter_config import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from lorareg.merge.writer import FileInfo
 from lorareg.store.digest import file_sha256
 
@@ -233,19 +234,18 @@ def _factors(loaded: list[LoadedAdapter], weights: list[float], kind: str, rank:
 
 
 def _patterns(ranks: dict[str, int], r: int) -> dict[str, int]:
-    """rank_pattern entries that make PEFT's first-match rule give every module its rank.
+    """rank_pattern entries (keyed by full module path) giving each module its own rank.
 
-    Patterns are full module paths, longest first, because PEFT also lets a pattern match any
-    module path that ends with it; a module that would still pick up another's entry gets
-    an explicit one of its own.
+    PEFT takes the first pattern that matches the end of a module path, in file order, and
+    PEFT itself re-saves configs with sorted keys, so the entries must not depend on order:
+    when one targeted module's path ends with another's (nested models), every key is
+    anchored and escaped so that it matches its own module only.
     """
-    pattern: dict[str, int] = {m: k for m, k in ranks.items() if k != r}
-    while True:
-        ordered = dict(sorted(pattern.items(), key=lambda kv: (-len(kv[0]), kv[0])))
-        wrong = {m: k for m, k in ranks.items() if pattern_value(ordered, m, r) != k}
-        if not wrong:
-            return ordered
-        pattern.update(wrong)
+    pattern = {m: k for m, k in ranks.items() if k != r}
+    nested = any(other != m and other.endswith("." + m) for m in pattern for other in ranks)
+    if nested:
+        pattern = {"^" + re.escape(m): k for m, k in pattern.items()}
+    return dict(sorted(pattern.items()))
 
 
 def _config(factors: dict[str, _Factors], loaded: list[LoadedAdapter], base: Path,

@@ -14,58 +14,88 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["apply_bias", "apply_delta", "apply_dora", "apply_tokens", "lora_delta"]
+__all__ = ["apply_delta", "apply_dora", "apply_tokens", "bias_delta", "lora_delta"]
 
-
-def _half(dtype: torch.dtype) -> bool:
-    import torch
-
-    return dtype in (torch.float16, torch.bfloat16)
+_BLOCK_ELEMENTS = 1 << 18  # 1 MiB of float32 per block
 
 
 def lora_delta(
-    lora_A: torch.Tensor, lora_B: torch.Tensor, *, scaling: float, fan_in_fan_out: bool, dtype: torch.dtype
+    lora_A: torch.Tensor,
+    lora_B: torch.Tensor,
+    *,
+    scaling: float,
+    fan_in_fan_out: bool,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``get_delta_weight`` of a Linear (or, with fan_in_fan_out=True, an Embedding) LoRA layer.
 
-    ``dtype`` is the dtype PEFT holds the adapter weights in.  On CPU PEFT upcasts half
-    precision factors to float32 for the matmul and rounds the product back, so the result
-    is in ``dtype``.
+    The factors are float32 (PEFT upcasts adapter weights on load, and on CPU it would
+    upcast half precision ones for the matmul anyway).  ``out`` (float32, the shape of
+    ``B @ A``) is a reused buffer: the engine passes one so that a merge does not allocate
+    and free a full-size float32 tensor per weight (glibc then keeps the freed memory).
     """
-    a, b = lora_A.to(dtype), lora_B.to(dtype)
-    cast_to_fp32 = _half(dtype)
-    if cast_to_fp32:
-        a, b = a.float(), b.float()
+    import torch
+
     # In place: same bits as PEFT's `(B @ A) * scaling`, one full-size temporary fewer.
-    out = (b @ a).mul_(scaling)
-    if fan_in_fan_out:
-        out = out.T
-    if cast_to_fp32:
-        out = out.to(dtype)
-    return out
+    product = torch.matmul(lora_B, lora_A, out=out).mul_(scaling)
+    return product.T if fan_in_fan_out else product
 
 
-def apply_delta(weight: torch.Tensor, delta: torch.Tensor, *, embedding: bool) -> torch.Tensor:
-    """Add a (combined) delta to a base weight held in the output dtype, in place.
+class Scratch:
+    """Reused block buffers, so a merge does not allocate per tensor (glibc keeps freed blocks)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[object, torch.Tensor] = {}
+
+    def get(self, dtype: torch.dtype, numel: int) -> torch.Tensor:
+        import torch
+
+        buf = self._buffers.get(dtype)
+        if buf is None or buf.numel() < numel:
+            buf = self._buffers[dtype] = torch.empty(max(numel, _BLOCK_ELEMENTS), dtype=dtype)
+        return buf[:numel]
+
+
+def apply_delta(
+    weight: torch.Tensor, delta: torch.Tensor, *, embedding: bool, scratch: Scratch | None = None
+) -> torch.Tensor:
+    """Add a (combined) float32 delta to a base weight held in the output dtype, in place.
 
     PEFT's Linear merge adds the delta as it is (``weight.data += delta``: float32 sum, one
-    rounding); its Embedding merge rounds the delta to the weight's dtype first.
+    rounding); its Embedding merge rounds the delta to the weight's dtype first.  Done in row
+    blocks through reused buffers: a mixed-dtype ``+=`` allocates full-size float32
+    temporaries.  Elementwise, ``round(float(w) + d)`` has the same bits either way.
     """
-    if embedding:
-        delta = delta.to(weight.dtype)
-    weight += delta
+    import torch
+
+    scratch = scratch or Scratch()
+    low = weight.dtype
+    if weight.dim() == 0 or weight.numel() == 0:
+        weight += delta.to(low) if embedding else delta
+        return weight
+    rows = weight.shape[0]
+    per_row = max(1, weight.numel() // rows)
+    step = max(1, _BLOCK_ELEMENTS // per_row)
+    for start in range(0, rows, step):
+        w, d = weight[start : start + step], delta[start : start + step]
+        if embedding and low != torch.float32:
+            rounded = scratch.get(low, d.numel()).view(d.shape)
+            rounded.copy_(d)
+            w += rounded
+        elif low == d.dtype:
+            w += d
+        else:
+            # not `torch.add(w, d, out=...)`: a mixed-dtype op allocates a cast copy of `w`
+            total = scratch.get(torch.float32, d.numel()).view(d.shape)
+            total.copy_(w)
+            total.add_(d)
+            w.copy_(total)
     return weight
 
 
-def apply_bias(bias: torch.Tensor, lora_bias: torch.Tensor, *, scaling: float, dtype: torch.dtype) -> torch.Tensor:
-    """``lora_bias=True``: ``base_layer.bias.data += lora_B.bias * scaling``."""
-    bias += lora_bias.to(dtype) * scaling
-    return bias
-
-
-def bias_delta(lora_bias: torch.Tensor, *, scaling: float, dtype: torch.dtype) -> torch.Tensor:
-    """The bias term above as a float32 delta (exact: the product is rounded to ``dtype`` first)."""
-    return (lora_bias.to(dtype) * scaling).float()
+def bias_delta(lora_bias: torch.Tensor, *, scaling: float) -> torch.Tensor:
+    """``lora_bias=True``: PEFT merges ``base_layer.bias.data += lora_B.bias * scaling``."""
+    return lora_bias * scaling
 
 
 def apply_dora(
@@ -75,16 +105,14 @@ def apply_dora(
     *,
     fan_in_fan_out: bool,
     embedding: bool,
-    dtype: torch.dtype,
 ) -> torch.Tensor:
     """DoRA merge: ``magnitude / ||W + dW|| * (W + dW)``, norm over each output row.
 
-    ``delta`` is the raw ``lora_delta`` (in the adapter dtype), ``magnitude`` the stored
-    lora_magnitude_vector; both in the dtype PEFT holds them in.
+    ``delta`` is ``lora_delta``'s float32 result and ``magnitude`` the lora_magnitude_vector
+    as PEFT holds it (float32).
     """
     import torch
 
-    magnitude = magnitude.to(dtype)
     orig_dtype = weight.dtype
     if embedding:
         # DoraEmbeddingLayer is built with fan_in_fan_out=True and is passed delta.T

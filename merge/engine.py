@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING
 
 from lorareg.errors import MergeError, UnsupportedFeatureError
 from lorareg.merge.adapter import check_layout, inspect_adapter, layout_adapter, load_adapter
+from lorareg.merge import delta as d
 from lorareg.merge.arch import tied_pair
 from lorareg.merge.ops import Op, build_ops, main_kind, module_kind
 from lorareg.merge.output import MergeOutput, copy_side_files, default_model_card, hash_files, write_config
 from lorareg.merge.plan import MergePlan, tensor_seed, validate_plan
 from lorareg.merge.reader import FLOAT_DTYPES, BaseTensor, Checkpoint, TensorReader, open_checkpoint, torch_dtype
 from lorareg.merge.writer import OutTensor, ShardWriter, plan_shards, tensor_bytes
+from lorareg.store.atomic import fsync_dir
 from lorareg.store.digest import manifest_digest
 
 if TYPE_CHECKING:
@@ -57,64 +59,99 @@ class _Applier:
     def __init__(self, plan: MergePlan, adapters: list, method, notes: list[str]) -> None:
         self.plan, self.adapters, self.method, self.notes = plan, adapters, method, notes
         self.weights = [float(a.weight) for a in plan.adapters]
+        # One float32 buffer per adapter slot, as large as the largest delta, reused for every
+        # tensor: a fresh full-size delta per weight makes glibc grow the heap (measured 5-6x
+        # the largest tensor at peak instead of 3x).
+        self._largest = max(
+            (m.lora_B.shape[0] * m.lora_A.shape[1] for a in adapters for m in a.modules.values()), default=0
+        )
+        self._buffers: list[torch.Tensor] = []
+        self._scratch = d.Scratch()
 
-    def _adapter_dtype(self, dt: torch.dtype) -> torch.dtype:
+    def _buffer(self, slot: int, m) -> torch.Tensor:
         import torch
 
-        return dt if self.plan.adapter_dtype == "base" else torch.float32
+        while len(self._buffers) <= slot:
+            self._buffers.append(torch.empty(self._largest, dtype=torch.float32))
+        rows, cols = m.lora_B.shape[0], m.lora_A.shape[1]
+        return self._buffers[slot][: rows * cols].view(rows, cols)
+
+    def _override(self, name: str, w: torch.Tensor, op: Op) -> tuple[torch.Tensor, bool]:
+        """PEFT loads the copy of a base tensor saved in the adapter over the base's."""
+        import torch
+
+        saved = op.payload
+        differs = not torch.equal(saved.to(w.dtype), w)
+        if differs and len(self.adapters) > 1:
+            raise UnsupportedFeatureError(
+                f"{self.adapters[op.adapter].path}: carries its own copy of {name}, which differs from the base",
+                hint="merge it on its own, or register it against the base it was trained on",
+            )
+        if differs:
+            self.notes.append(f"{self.adapters[op.adapter].path.name}: used its own saved copy of {name}")
+        if self.plan.adapter_dtype == "base":
+            # low_cpu_mem_usage *assigns* the saved float32 copy: PEFT then merges this tensor
+            # in float32 with unrounded factors; it is rounded to the output dtype once, at the end.
+            return saved.to(torch.float32, copy=True), differs
+        # a copy: the ops below work in place and the same saved tensor may feed a tied pair
+        return saved.to(w.dtype, copy=True), differs
 
     def apply(self, name: str, w: torch.Tensor, ops: list[Op]) -> tuple[torch.Tensor, bool]:
         """(new tensor, whether it differs from the base by construction)."""
         import torch
 
-        from lorareg.merge import delta as d
-
-        dt = w.dtype
-        at = self._adapter_dtype(dt)
+        out_dtype = w.dtype
         changed = False
         for op in (o for o in ops if o.kind == "override"):
-            saved = op.payload.to(dt)
-            if torch.equal(saved, w):
-                continue
-            if len(self.adapters) > 1:
-                raise UnsupportedFeatureError(
-                    f"{self.adapters[op.adapter].path}: carries its own copy of {name}, which differs from the base",
-                    hint="merge it on its own, or register it against the base it was trained on",
-                )
-            # PEFT loads the adapter's saved copy over the base tensor; so do we.
-            w, changed = saved, True
-            self.notes.append(f"{self.adapters[op.adapter].path.name}: used its own saved copy of {name}")
+            w, differs = self._override(name, w, op)
+            changed |= differs
+        mode, held = self.plan.adapter_dtype, w.dtype  # held: the dtype PEFT rounds factors to
         main = [o for o in ops if o.kind != "override"]
         kind = main_kind(main)
         if kind is None:
-            return w, changed
-        if kind == "replace":
-            return main[0].payload.to(dt), True
-        if kind == "tokens":
+            result = w
+        elif kind == "replace":
+            result, changed = main[0].payload, True
+        elif kind == "tokens":
             indices, values = main[0].payload
-            return d.apply_tokens(w, list(indices), values), True
-        if kind == "dora":
+            result, changed = d.apply_tokens(w, list(indices), values), True
+        elif kind == "dora":
             m = main[0].payload
-            delta = m.raw_delta(at)
-            out = d.apply_dora(w, delta, m.magnitude, fan_in_fan_out=m.fan_in_fan_out,
-                               embedding=m.kind == "embedding", dtype=at)
-            return out, True
-        if kind == "bias":
-            deltas = [d.bias_delta(o.payload.lora_bias, scaling=o.payload.scaling, dtype=at) for o in main]
-            embedding = False
+            result = d.apply_dora(
+                w, m.delta(mode, base_dtype=held, out=self._buffer(0, m)), m.held_magnitude(mode, base_dtype=held),
+                fan_in_fan_out=m.fan_in_fan_out, embedding=m.kind == "embedding",
+            )
+            changed = True
         else:
-            deltas = [o.payload.raw_delta(at).float() for o in main]
-            embedding = module_kind(main) == "embedding"
-        weights = [self.weights[o.adapter] for o in main]
-        generator = torch.Generator().manual_seed(tensor_seed(self.plan.seed, name))
-        combined = self.method.combine(
-            deltas, weights, density=self.plan.density,
-            majority_sign_method=self.plan.majority_sign_method, generator=generator,
-        )
-        del deltas
-        if not w.is_floating_point():
-            raise MergeError(f"{name}: adapters change a {w.dtype} tensor", hint="check the adapter targets")
-        return d.apply_delta(w, combined, embedding=embedding), True
+            if not w.is_floating_point():
+                raise MergeError(f"{name}: adapters change a {w.dtype} tensor", hint="check the adapter targets")
+            if kind == "bias":
+                deltas = [d.bias_delta(o.payload.held_bias(mode, base_dtype=held), scaling=o.payload.scaling)
+                          for o in main]
+                embedding = False
+            else:
+                deltas = [o.payload.delta(mode, base_dtype=held, out=self._buffer(i, o.payload))
+                          for i, o in enumerate(main)]
+                embedding = module_kind(main) == "embedding"
+            generator = torch.Generator().manual_seed(tensor_seed(self.plan.seed, name))
+            combined = self.method.combine(
+                deltas, [self.weights[o.adapter] for o in main], density=self.plan.density,
+                majority_sign_method=self.plan.majority_sign_method, generator=generator,
+            )
+            del deltas
+            result, changed = d.apply_delta(w, combined, embedding=embedding, scratch=self._scratch), True
+        return result.to(out_dtype), changed
+
+
+def _in_dtype(t: torch.Tensor, out: OutTensor, cast: bytearray) -> torch.Tensor:
+    """``t`` in the output dtype, converted into the reused ``cast`` buffer when it differs."""
+    import torch
+
+    dtype = torch_dtype(out.dtype)
+    if t.dtype == dtype or t.numel() == 0:
+        return t.to(dtype)
+    w = torch.frombuffer(memoryview(cast)[: out.nbytes], dtype=dtype).view(t.shape)
+    return w.copy_(t)  # the same round-to-nearest-even as `.to(dtype)`
 
 
 def _load_adapters(plan: MergePlan, ckpt: Checkpoint, pair) -> list:
@@ -173,11 +210,14 @@ def merge(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.incomplete"
     tmp.mkdir()
+    writer = None
     try:
         metadata = {"format": "pt", "lorareg_recipe": recipe_digest}
         writer = ShardWriter(tmp, shards, metadata=metadata)
         applier = _Applier(plan, adapters, method, notes)
         buf = bytearray(max((t.nbytes for _, t in sources), default=0))
+        # a second reused buffer for tensors whose dtype changes (no allocation per tensor)
+        cast = bytearray(max((o.nbytes for o, t in sources if o.dtype != t.dtype), default=0))
         total, changed = len(sources), 0
         with TensorReader(ckpt) as reader:
             for done, out in enumerate((o for s in shards for o in s.tensors), start=1):
@@ -186,7 +226,7 @@ def merge(
                 if not ops and out.dtype == src.dtype:
                     writer.write(out.name, reader.read(src, buf))
                 else:
-                    w = reader.tensor(src, buf).to(torch_dtype(out.dtype))
+                    w = _in_dtype(reader.tensor(src, buf), out, cast)
                     if ops:
                         w, touched = applier.apply(out.name, w, ops)
                         changed += touched
@@ -205,7 +245,10 @@ def merge(
         (tmp / "README.md").write_text(card, encoding="utf-8")
         files = hash_files(tmp, writer.files)
         os.rename(tmp, out_dir)
+        fsync_dir(out_dir.parent)
     except BaseException:
+        if writer is not None:
+            writer.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return MergeOutput(

@@ -11,7 +11,7 @@ a time, and an ambiguous match is an error rather than a guess.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from lorareg.errors import IncompatibleAdapterError
@@ -91,12 +91,3 @@ class NameResolver:
 
     def has(self, name: str) -> bool:
         return name in self._names
-
-
-def module_of(name: str) -> str:
-    """``model.layers.0.q_proj.weight`` -> ``model.layers.0.q_proj``."""
-    return name.rpartition(".")[0]
-
-
-def layer_names_like(names: Collection[str], leaf: str) -> list[str]:
-    return sorted(n for n in names if module_of(n).rpartition(".")[2] == leaf)

@@ -22,15 +22,37 @@ if TYPE_CHECKING:
 
 def magnitude_pruned(tensor: Tensor, density: float) -> Tensor:
     """Keep the int(density * numel) largest-magnitude entries (peft: magnitude_based_pruning)."""
-    import torch
-
     if density >= 1:  # peft's prune() returns the tensor itself here
         return tensor
-    mask = torch.zeros_like(tensor).reshape(-1)
     k = int(density * tensor.numel())
-    top_k = torch.topk(tensor.abs().reshape(-1), k=k, largest=True)
-    mask[top_k[1]] = 1
+    mask = _top_k_mask(tensor.abs().reshape(-1), k).to(tensor.dtype)
     return tensor * mask.reshape(tensor.shape)
+
+
+def _top_k_mask(magnitudes: Tensor, k: int) -> Tensor:
+    """The entries peft's ``topk(magnitudes, k)`` selects, as a bool mask.
+
+    A threshold from kthvalue is ~3x faster than topk with k in the millions.  It selects
+    the same entries unless several share the threshold magnitude: then the pick among them
+    is topk's own tie-break, so topk decides.  Ties at magnitude 0 do not matter (a kept and
+    a dropped zero give the same bits), and NaNs never pass the count check.
+    """
+    import torch
+
+    n = magnitudes.numel()
+    if k <= 0:
+        return torch.zeros_like(magnitudes, dtype=torch.bool)
+    threshold = torch.kthvalue(magnitudes, n - k + 1).values
+    above = magnitudes > threshold
+    n_above = int(above.sum())
+    if threshold == 0:
+        return above
+    at = magnitudes == threshold
+    if n_above + int(at.sum()) == k:
+        return above | at
+    mask = torch.zeros_like(magnitudes, dtype=torch.bool)
+    mask[torch.topk(magnitudes, k=k, largest=True).indices] = True
+    return mask
 
 
 def random_pruned(tensor: Tensor, density: float, *, rescale: bool, generator: torch.Generator) -> Tensor:

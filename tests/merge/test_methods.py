@@ -74,6 +74,13 @@ def _peft(name, deltas, weights, density, msm, seed):
         return PEFT_REFERENCE[name](deltas, torch.tensor(weights), density, msm)
 
 
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-for-bit equality: unlike torch.equal, tells -0.0 from 0.0 and compares NaNs."""
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(
+        a.contiguous().view(torch.int32), b.contiguous().view(torch.int32)
+    )
+
+
 def test_every_method_has_a_peft_reference():
     assert set(PEFT_REFERENCE) == set(METHODS)
     assert set(METHODS) == {"linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"}
@@ -87,9 +94,29 @@ def test_matches_peft_bit_for_bit(name, shape, weights, density, msm):
     ref = _peft(name, deltas, weights, density, msm, seed)
     assert ours.dtype == torch.float32
     assert ours.shape == deltas[0].shape
-    assert torch.equal(ours, ref), f"max abs diff {(ours - ref).abs().max().item()}"
+    assert _same_bits(ours, ref), f"max abs diff {(ours - ref).abs().max().item()}"
     if METHODS[name].uses_density and density < 1:
         assert not torch.equal(ours, _ours("linear", deltas, weights, None, "total", 0))
+
+
+TIE_CASES = {
+    "equal_magnitudes": torch.tensor([3.0, -3.0, 3.0, 1.0, 0.0, -0.0, -1.0, 2.0, 3.0, -2.0]),
+    "all_same": torch.where(torch.arange(60) % 3 == 0, -1.0, 1.0).reshape(6, 10),
+    "mostly_zero": torch.cat([torch.zeros(50), torch.tensor([0.5, -0.25, 4.0])]),
+    "with_nan": torch.tensor([1.0, float("nan"), -2.0, 0.5, 2.0, float("nan")]),
+}
+
+
+@pytest.mark.parametrize("case", list(TIE_CASES))
+@pytest.mark.parametrize("density", [0.1, 0.25, 0.3, 0.5, 0.75, 0.95])
+def test_magnitude_pruning_ties_break_like_peft(case, density):
+    # Magnitude pruning takes a kthvalue shortcut unless the threshold magnitude is shared;
+    # these tensors hit every branch (shared threshold, zero threshold, NaN).
+    delta = TIE_CASES[case]
+    for name in ("magnitude_prune", "ties"):
+        ours = _ours(name, [delta, -0.5 * delta], [1.0, 0.5], density, "total", 0)
+        ref = _peft(name, [delta, -0.5 * delta], [1.0, 0.5], density, "total", 0)
+        assert _same_bits(ours, ref), (name, ours, ref)
 
 
 @pytest.mark.parametrize("n", [5, 7])
