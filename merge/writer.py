@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lorareg.errors import MergeError
+from lorareg.store.digest import FileDigest as FileInfo  # one record of a file's hash, shared with store/
 from lorareg.store.digest import TensorEntry
 from lorareg.store.safetensors_header import DTYPE_BITS
 
@@ -27,12 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["FileInfo", "OutTensor", "Shard", "ShardWriter", "plan_shards", "tensor_bytes"]
 
 INDEX_NAME = "model.safetensors.index.json"
-
-
-@dataclass(frozen=True)
-class FileInfo:
-    sha256: str
-    size: int
 
 
 @dataclass(frozen=True)
