@@ -106,6 +106,15 @@ def aliases_of(session: Session, row: m.Version) -> tuple[str, ...]:
 
 
 def details_of(session: Session, row: m.Version) -> dict[str, Any]:
+    out = _kind_details(session, row)
+    pushes = session.exec(select(m.HubPush).where(m.HubPush.version_id == row.id).order_by(m.HubPush.id)).all()
+    if pushes:
+        out["hub_pushes"] = [{"repo_id": p.repo_id, "tag": p.tag, "branch": p.branch, "commit": p.commit_sha,
+                              "endpoint": p.endpoint, "adapter_only": p.adapter_only} for p in pushes]
+    return out
+
+
+def _kind_details(session: Session, row: m.Version) -> dict[str, Any]:
     if row.kind == "base":
         b = session.get(m.Base, row.id)
         out = json.loads(b.summary_json)

@@ -70,3 +70,21 @@ def test_add_base_from_hub_pins_commit(hub, reg, llama, monkeypatch):
     assert out["digest"] == reg.add_base(path=llama, name="local").digest
     tree = json.loads(run("lineage", "tiny-llama", "--json").output)
     assert tree["nodes"][0]["source"] == f"hf://alice/tiny-llama@{res.commit_sha}"
+
+
+def test_push_adapter_only_and_show_lists_pushes(hub, reg, llama, llama_lora, monkeypatch, tmp_path):
+    from huggingface_hub import ModelCard, snapshot_download
+
+    monkeypatch.setenv("HF_TOKEN", ALICE)
+    reg.add_base(path=llama, name="llama")
+    reg.add_adapter(path=llama_lora, base="llama", name="chat")
+    out = json.loads(run("push", "chat", "--repo", "alice/chat-lora", "--adapter-only", "--json").output)
+    assert out["tag"] == "v1" and out["adapter_only"]
+    shown = json.loads(run("show", "chat", "--json").output)
+    assert shown["details"]["hub_pushes"][0]["repo_id"] == "alice/chat-lora"
+    folder = snapshot_download("alice/chat-lora", revision="v1", endpoint=hub.url, token=ALICE,
+                               cache_dir=tmp_path / "cache")
+    card = ModelCard.load(f"{folder}/README.md")
+    assert card.data.library_name == "peft" and card.data.base_model_relation == "adapter"
+    names = {p.name for p in __import__("pathlib").Path(folder).iterdir()} - {".gitattributes"}
+    assert names == {"README.md", "adapter_config.json", "adapter_model.safetensors"}

@@ -135,3 +135,24 @@ def test_lineage_json_three_generations(three):
     assert "llama@1" in text and "adapter" in text
     d = three.diff(a=g1.ref, b=g2.ref)
     assert "adapters" in d["recipe"] and d["tensors"]
+
+
+def test_rebuild_mismatch_reports_tensors_and_exits_1(three):
+    """A recipe that no longer produces the recorded bytes is an error naming what differs."""
+    import sqlite3
+
+    info = three.merge(base="llama", adapters=["a", "b:0.5"], name="drifted")
+    con = sqlite3.connect(three.home.db_path)
+    recipe = json.loads(con.execute("SELECT recipe_json FROM merges").fetchone()[0])
+    recipe["adapters"][1]["weight"] = 0.25  # as if the arithmetic had changed under the same recipe
+    recipe["versions"]["torch"] = "0.0.1"
+    con.execute("UPDATE merges SET recipe_json=?", (json.dumps(recipe),))
+    con.commit()
+    con.close()
+    res = three.rebuild(ref=info.ref)
+    assert not res.ok and res.tensors and res.tensors[0].elements_differing > 0
+    assert res.tensors[0].max_abs > 0 and res.tensors[0].max_ulp >= 1
+    assert res.library_changes["torch"]["recorded"] == "0.0.1"
+    r = CliRunner().invoke(cli, ["rebuild", info.ref])
+    assert r.exit_code == 1 and "Error: rebuild of drifted@1 does not match" in r.output
+    assert "torch: recorded 0.0.1" in r.output
