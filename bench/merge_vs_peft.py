@@ -13,7 +13,10 @@ wall time and peak RSS:
 
 Each case runs under a fresh "runner" process whose only child is the case, so
 getrusage(RUSAGE_CHILDREN).ru_maxrss is that case's peak RSS alone.  The base is read once
-before the cases, so all of them start with it in the page cache.
+before the cases, so all of them start with it in the page cache.  Afterwards lorareg's
+output is compared with PEFT's tensor by tensor, bit for bit (skip with --no-verify).  Dirty
+pages are synced and the disk given --settle seconds (untimed) before each case, so none
+inherits another's writeback.
 """
 
 from __future__ import annotations
@@ -213,10 +216,8 @@ def run_case(name: str, work: Path, profile: bool) -> dict:
         raise SystemExit(f"case {name} failed with exit code {proc.returncode}")
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
     out_bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    result = {"case": name, "wall_s": wall, "peak_rss_mb": peak_kb / 1024, "out_bytes": out_bytes,
-              "log": proc.stdout[-4000:]}
-    shutil.rmtree(out, ignore_errors=True)
-    return result
+    return {"case": name, "wall_s": wall, "peak_rss_mb": peak_kb / 1024, "out_bytes": out_bytes,
+            "log": proc.stdout[-4000:]}
 
 
 def _measure(name: str, work: Path, profile: bool) -> dict:
@@ -226,6 +227,33 @@ def _measure(name: str, work: Path, profile: bool) -> dict:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(proc.returncode)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def verify(a: Path, b: Path) -> str:
+    """Compare two merged folders tensor by tensor, bit for bit (one tensor in memory at a time)."""
+    import torch
+    from safetensors import safe_open
+
+    def index(folder: Path) -> dict[str, Path]:
+        out = {}
+        for f in sorted(folder.glob("*.safetensors")):
+            with safe_open(f, framework="pt") as h:
+                out.update({k: f for k in h.keys()})
+        return out
+
+    ia, ib = index(a), index(b)
+    if ia.keys() != ib.keys():
+        return f"DIFFERENT tensor names: {sorted(ia.keys() ^ ib.keys())[:5]}"
+    differ, worst = 0, 0.0
+    for name in sorted(ia):
+        with safe_open(ia[name], framework="pt") as ha, safe_open(ib[name], framework="pt") as hb:
+            x, y = ha.get_tensor(name), hb.get_tensor(name)
+        if x.dtype != y.dtype or x.shape != y.shape or not torch.equal(x.view(torch.uint8), y.view(torch.uint8)):
+            differ += 1
+            worst = max(worst, (x.double() - y.double()).abs().max().item())
+    if differ:
+        return f"{differ} of {len(ia)} tensors differ from PEFT's (max abs diff {worst:.3g})"
+    return f"all {len(ia)} tensors bit-identical to PEFT's"
 
 
 def _warm_page_cache(folder: Path) -> None:
@@ -261,9 +289,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--small", action="store_true", help="a ~124M-parameter model for a quick check")
     ap.add_argument("--keep", action="store_true", help="keep the generated base and adapter")
     ap.add_argument("--workdir", type=Path, default=HERE / "_work")
-    ap.add_argument("--cases", default="peft,lorareg,floor", help="comma-separated subset")
+    ap.add_argument("--cases", default="floor,lorareg,peft", help="comma-separated subset, run in this order")
+    ap.add_argument("--settle", type=float, default=5.0,
+                    help="seconds to wait after syncing, before each case (lets the disk drain)")
     ap.add_argument("--profile", action="store_true", help="cProfile the lorareg case (top 25 by cumulative time)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
+    ap.add_argument("--no-verify", dest="verify", action="store_false",
+                    help="skip checking that lorareg's output is bit-identical to PEFT's")
     ap.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     ap.add_argument("--runner", choices=CASES, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -291,6 +323,9 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         ap.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     stamp = work / "spec.json"
+    if work.exists() and any(work.iterdir()) and not stamp.exists():
+        # Everything under the work dir gets deleted; never do that to a folder we did not make.
+        raise SystemExit(f"{work} is not empty and not a benchmark work dir; pass a new or empty --workdir")
     if not (stamp.exists() and json.loads(stamp.read_text()) == spec):
         shutil.rmtree(work, ignore_errors=True)
         t0 = time.perf_counter()
@@ -302,11 +337,21 @@ def main(argv: list[str] | None = None) -> None:
     _warm_page_cache(work / "base")
     results = {}
     for name in cases:
+        # Flush what earlier steps left dirty (PEFT does not fsync its output) so that its
+        # writeback does not compete with the next case for the disk.
+        os.sync()
+        time.sleep(args.settle)
         print(f"running {name} ...", flush=True)
         results[name] = _measure(name, work, args.profile)
         if args.profile and name == "lorareg":
             print(results[name]["log"])
+        if name == "floor" or not args.verify:
+            shutil.rmtree(work / f"out-{name}", ignore_errors=True)
     print(_table(results, base_bytes))
+    if args.verify and {"peft", "lorareg"} <= results.keys():
+        print("check:", verify(work / "out-lorareg", work / "out-peft"))
+    for name in results:
+        shutil.rmtree(work / f"out-{name}", ignore_errors=True)
     if args.json:
         print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "log"} for k, v in results.items()}, indent=2))
     if not args.keep:

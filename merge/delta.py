@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["apply_delta", "apply_dora", "apply_tokens", "bias_delta", "lora_delta"]
+__all__ = ["Scratch", "apply_delta", "apply_dora", "apply_tokens", "bias_delta", "lora_delta"]
 
 _BLOCK_ELEMENTS = 1 << 18  # 1 MiB of float32 per block
 
