@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable
 from sqlmodel import Session
 
 from lorareg.errors import IntegrityError
-from lorareg.registry import catalog
+from lorareg.registry import catalog, locking
 from lorareg.registry import models as m
 from lorareg.registry.ingest import check_adapter, check_base, describe_base
 from lorareg.registry.refs import check_name, default_name
@@ -66,9 +66,15 @@ def add_base(reg: "Registry", *, path: Path, name: str | None, reference: bool, 
             found = catalog.existing_with_content(session, name, content)
             if found is not None:
                 return catalog.to_info(session, reg.home, found, existed=True)
-        if not reference:
-            store_files(reg, checked.folder, cd.files, progress=progress)
-        manifest = reg.blobs.put_bytes(manifest_text(cd.tensors).encode())
+        lock = locking.writing(reg.home.root)
+        lock.__enter__()  # held from the first blob to the commit of the rows (below)
+        try:
+            if not reference:
+                store_files(reg, checked.folder, cd.files, progress=progress)
+            manifest = reg.blobs.put_bytes(manifest_text(cd.tensors).encode())
+        except BaseException:
+            lock.__exit__(None, None, None)
+            raise
 
         def write(session: Session) -> m.Version:
             catalog.ensure_artifact(session, name, "base")
@@ -87,7 +93,10 @@ def add_base(reg: "Registry", *, path: Path, name: str | None, reference: bool, 
                                  source=source, path=str(Path(path)), digest=cd.digest)
             return row
 
-        row = catalog.with_retry(reg.engine, write)
+        try:
+            row = catalog.with_retry(reg.engine, write)
+        finally:
+            lock.__exit__(None, None, None)
         if not reference:
             link_version(reg, name, row.version, {k: v.sha256 for k, v in cd.files.items()})
         with Session(reg.engine) as session:
@@ -120,8 +129,14 @@ def add_adapter(reg: "Registry", *, path: Path, base: str, name: str | None, all
             found = catalog.existing_with_content(session, name, content)
             if found is not None:
                 return catalog.to_info(session, reg.home, found, existed=True)
-        store_files(reg, checked.folder, cd.files, progress=progress)
-        manifest = reg.blobs.put_bytes(manifest_text(cd.tensors).encode())
+        lock = locking.writing(reg.home.root)
+        lock.__enter__()  # held from the first blob to the commit of the rows (below)
+        try:
+            store_files(reg, checked.folder, cd.files, progress=progress)
+            manifest = reg.blobs.put_bytes(manifest_text(cd.tensors).encode())
+        except BaseException:
+            lock.__exit__(None, None, None)
+            raise
         details = {
             "r": summary.r, "lora_alpha": summary.lora_alpha, "use_rslora": summary.use_rslora,
             "use_dora": summary.use_dora, "target_modules": list(summary.target_modules),
@@ -149,7 +164,10 @@ def add_adapter(reg: "Registry", *, path: Path, base: str, name: str | None, all
                                  base=base_info.ref, path=str(Path(path)), digest=cd.digest)
             return row
 
-        row = catalog.with_retry(reg.engine, write)
+        try:
+            row = catalog.with_retry(reg.engine, write)
+        finally:
+            lock.__exit__(None, None, None)
         link_version(reg, name, row.version, {k: v.sha256 for k, v in cd.files.items()})
         with Session(reg.engine) as session:
             return catalog.to_info(session, reg.home, session.get(m.Version, row.id))

@@ -85,6 +85,28 @@ def referenced_blobs(session: Session) -> set[str]:
 
 def gc(reg: "Registry", *, evict_refs: tuple[str, ...] = (), merges_older_than_days: float | None = None,
        dry_run: bool = False) -> GcResult:
+    from lorareg.registry import locking
+
+    with locking.collecting(reg.home.root):
+        result = _gc(reg, evict_refs=evict_refs, merges_older_than_days=merges_older_than_days, dry_run=dry_run)
+    if not dry_run:
+        _remove_stale_link_folders(reg.home.versions)
+    return result
+
+
+def _remove_stale_link_folders(versions: Path, max_age_s: float = 3600) -> None:
+    """Hidden ``.N.tmp-*`` folders a crashed link_snapshot left behind (links only, never blobs)."""
+    import time
+
+    if not versions.exists():
+        return
+    for tmp in versions.glob("*/.*.tmp-*"):
+        if tmp.is_dir() and time.time() - tmp.stat().st_mtime > max_age_s:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _gc(reg: "Registry", *, evict_refs: tuple[str, ...], merges_older_than_days: float | None,
+        dry_run: bool) -> GcResult:
     evicted: list[str] = []
     with Session(reg.engine) as session:
         rows = [catalog.resolve(session, r) for r in evict_refs]

@@ -225,11 +225,23 @@ def merge(reg: "Registry", *, base: str, adapters: Sequence[str | tuple[str, flo
 
 def register_output(reg: "Registry", produced: Produced, *, recipe: dict, recipe_digest: str, name: str,
                     keep: str, message: str | None, parent_id: int | None, action: str = "merge") -> VersionInfo:
+    from lorareg.registry import locking
     from lorareg.registry.adding import content_digest_of, link_version, store_files
 
+    with locking.writing(reg.home.root):
+        if keep == "files":
+            store_files(reg, produced.path, produced.files, move=True)
+        row = _write_rows(reg, produced, recipe=recipe, recipe_digest=recipe_digest, name=name, keep=keep,
+                          message=message, parent_id=parent_id, action=action,
+                          content=content_digest_of(produced.digest, produced.files, {"recipe": recipe_digest}))
     if keep == "files":
-        store_files(reg, produced.path, produced.files, move=True)
-    content = content_digest_of(produced.digest, produced.files, {"recipe": recipe_digest})
+        link_version(reg, name, row.version, {k: v.sha256 for k, v in produced.files.items()})
+    with Session(reg.engine) as session:
+        return catalog.to_info(session, reg.home, session.get(m.Version, row.id))
+
+
+def _write_rows(reg: "Registry", produced: Produced, *, recipe: dict, recipe_digest: str, name: str, keep: str,
+                message: str | None, parent_id: int | None, action: str, content: str) -> m.Version:
 
     def write(session: Session) -> m.Version:
         catalog.ensure_artifact(session, name, "merge")
@@ -254,11 +266,7 @@ def register_output(reg: "Registry", produced: Produced, *, recipe: dict, recipe
                              inputs=[a["ref"] for a in recipe["adapters"]])
         return row
 
-    row = catalog.with_retry(reg.engine, write)
-    if keep == "files":
-        link_version(reg, name, row.version, {k: v.sha256 for k, v in produced.files.items()})
-    with Session(reg.engine) as session:
-        return catalog.to_info(session, reg.home, session.get(m.Version, row.id))
+    return catalog.with_retry(reg.engine, write)
 
 
 def stored_recipe(session: Session, row: m.Version) -> dict:

@@ -89,16 +89,19 @@ def store_produced(reg: "Registry", row: m.Version, produced: Produced) -> None:
     if mismatched:
         raise IntegrityError(f"rebuilt {mismatched[0]} of {row.name}@{row.version} does not match its recorded hash",
                              hint=f"run: lorareg rebuild {row.name}@{row.version} for a report")
-    store_files(reg, produced.path, produced.files, move=True)
-    with Session(reg.engine) as session:
-        live = session.get(m.Version, row.id)
-        for f in session.exec(select(m.FileRow).where(m.FileRow.version_id == row.id)).all():
-            if f.path in produced.files:
-                f.sha256, f.size = produced.files[f.path].sha256, produced.files[f.path].size
-                session.add(f)
-        live.stored = True
-        session.add(live)
-        session.commit()
+    from lorareg.registry import locking
+
+    with locking.writing(reg.home.root):
+        store_files(reg, produced.path, produced.files, move=True)
+        with Session(reg.engine) as session:
+            live = session.get(m.Version, row.id)
+            for f in session.exec(select(m.FileRow).where(m.FileRow.version_id == row.id)).all():
+                if f.path in produced.files:
+                    f.sha256, f.size = produced.files[f.path].sha256, produced.files[f.path].size
+                    session.add(f)
+            live.stored = True
+            session.add(live)
+            session.commit()
     link_version(reg, row.name, row.version, {k: v.sha256 for k, v in produced.files.items()})
 
 
