@@ -256,4 +256,22 @@ def alias_ls(reg, name: str | None, as_json: bool) -> None:
                      [[a.name, a.alias, a.version, f"{a.updated_at:%Y-%m-%d %H:%M}"] for a in items])
 
 
+@alias.command("history")
+@click.argument("name")
+@click.option("--alias", "alias_name", help="Only this alias.")
+@click.option("--at", "at", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"]),
+              help="Show what each alias pointed at at this time (UTC).")
+@json_option
+@with_registry
+def alias_history(reg, name: str, alias_name: str | None, at, as_json: bool) -> None:
+    """Every move of NAME's aliases, or with --at what was live then."""
+    items = reg.alias_history(name=name, alias=alias_name, at=at)
+    if as_json:
+        render.print_json([a.to_dict() for a in items])
+    else:
+        render.table(None, ["time", "alias", "version"],
+                     [[f"{a.updated_at:%Y-%m-%d %H:%M:%S}", f"{a.name}@{a.alias}", a.version or "(removed)"]
+                      for a in items])
+
+
 COMMANDS = [init, add, ls, show, verify, log, alias]

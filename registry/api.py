@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from datetime import datetime
 from typing import Any, Callable, Mapping, Sequence
 
 from sqlmodel import Session, select
@@ -175,6 +176,32 @@ class Registry:
                 q = q.where(m.Alias.name == name)
             return [AliasInfo(name=a.name, alias=a.alias, version=v.version, updated_at=a.updated_at)
                     for a, v in session.exec(q.order_by(m.Alias.name, m.Alias.alias)).all()]
+
+    def alias_history(self, *, name: str, alias: str | None = None, at: "datetime | None" = None) -> list[AliasInfo]:
+        """Every move of ``name``'s aliases, oldest first (from the event log).  With ``at``, only
+        what each alias pointed at at that moment: "what was live on Tuesday"."""
+        import json
+        from datetime import timezone
+
+        with Session(self.engine) as session:
+            rows = session.exec(select(m.Event).where(m.Event.action.in_(("alias", "alias-rm")),
+                                                      m.Event.ref.startswith(f"{check_name(name)}@"))
+                                .order_by(m.Event.id)).all()
+        moves = []
+        for e in rows:
+            args = json.loads(e.args_json)
+            if alias and args.get("alias") != alias:
+                continue
+            when = e.time if e.time.tzinfo else e.time.replace(tzinfo=timezone.utc)
+            moves.append(AliasInfo(name=name, alias=args["alias"], version=args.get("version") or 0, updated_at=when))
+        if at is None:
+            return moves
+        at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+        live: dict[str, AliasInfo] = {}
+        for mv in moves:
+            if mv.updated_at <= at:
+                live[mv.alias] = mv
+        return [a for a in live.values() if a.version]
 
     # -- merging ------------------------------------------------------------------------
     def merge(self, *, base: str, adapters: Sequence[str | tuple[str, float]], name: str, method: str = "linear",

@@ -104,6 +104,13 @@ def test_alias_rollback_and_log(three):
     assert three.get("svc").version == 1
     actions = [(e.action, e.ref) for e in three.log(ref="svc")]
     assert actions[0] == ("rollback", "svc@current")
+    moves = three.alias_history(name="svc", alias="current")
+    assert [a.version for a in moves] == [2, 1]
+    # what was live just after the first move, and now
+    assert [a.version for a in three.alias_history(name="svc", at=moves[0].updated_at)] == [2]
+    assert [a.version for a in three.alias_history(name="svc", at=moves[1].updated_at)] == [1]
+    r = CliRunner().invoke(cli, ["alias", "history", "svc", "--json"])
+    assert r.exit_code == 0 and [a["version"] for a in json.loads(r.output)] == [2, 1]
 
 
 def test_corrupted_blob_is_reported_with_affected_versions(three):
