@@ -131,7 +131,8 @@ def _what(i) -> str:
     if i.kind == "base":
         return f"{d.get('architecture', '')} {d.get('dtype', '')} {_params(d.get('param_count'))}".strip()
     if i.kind == "adapter":
-        return f"r={d.get('r')} alpha={d.get('lora_alpha')} on {d.get('base')}"
+        flags = "".join(f" {f}" for f, on in (("rslora", d.get("use_rslora")), ("dora", d.get("use_dora"))) if on)
+        return f"r={d.get('r')} alpha={d.get('lora_alpha')}{flags} on {d.get('base')}"
     r = d.get("recipe", {})
     ads = " + ".join(f"{a['ref']}:{a['weight']:g}" for a in r.get("adapters", []))
     return f"{r.get('method', '')} {r.get('base', {}).get('ref', '')} + {ads}".strip()
