@@ -1,8 +1,14 @@
 """Stream a base checkpoint through the adapters' deltas into a new HF model folder.
 
-One base tensor at a time: read its bytes into a reused buffer, apply what the adapters do
+One base tensor at a time: read its bytes into reused buffers, apply what the adapters do
 to it (delta.py mirrors PEFT), write it into its place in the output shard while hashing.
 Untouched tensors are copied as bytes, never through torch.  The model is never built.
+
+Writing and hashing run on a background thread (pipeline.py) while this one reads and
+computes the next piece.  Untouched tensors, and tensors that only get LoRA deltas (which
+add elementwise), travel in small pieces through a few reused slots: the base tensor is
+never held whole, so the memory in flight is a few pieces, not a second copy of the largest
+tensor.  Anything else is computed whole, in one reused buffer.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from lorareg.merge.adapter import check_layout, inspect_adapter, layout_adapter,
 from lorareg.merge import delta as d
 from lorareg.merge.arch import tied_pair
 from lorareg.merge.ops import Op, build_ops, main_kind, module_kind
+from lorareg.merge.pipeline import Slot, WritePipeline
 from lorareg.merge.output import MergeOutput, copy_side_files, default_model_card, hash_files, write_config
 from lorareg.merge.plan import MergePlan, tensor_seed, validate_plan
 from lorareg.merge.reader import FLOAT_DTYPES, BaseTensor, Checkpoint, TensorReader, open_checkpoint, torch_dtype
@@ -35,6 +42,10 @@ __all__ = ["MergeOutput", "merge"]
 Progress = Callable[[int, int, str], None]
 _ST = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
 _NAMES = {v: k for k, v in _ST.items()}
+# Bytes per piece handed to the writer, and pieces in flight: enough to keep the disk busy
+# while the next piece is read and computed, small next to a delta buffer.
+_PIECE = 4 << 20
+_PIECES = 4
 
 
 def _out_dtype(plan: MergePlan, t: BaseTensor) -> str:
@@ -125,25 +136,41 @@ class _Applier:
         else:
             if not w.is_floating_point():
                 raise MergeError(f"{name}: adapters change a {w.dtype} tensor", hint="check the adapter targets")
-            if kind == "bias":
-                deltas = [d.bias_delta(o.payload.held_bias(mode, base_dtype=held), scaling=o.payload.scaling)
-                          for o in main]
-                embedding = False
-            else:
-                deltas = [o.payload.delta(mode, base_dtype=held, out=self._buffer(i, o.payload))
-                          for i, o in enumerate(main)]
-                embedding = module_kind(main) == "embedding"
-            generator = torch.Generator().manual_seed(tensor_seed(self.plan.seed, name))
-            combined = self.method.combine(
-                deltas, [self.weights[o.adapter] for o in main], density=self.plan.density,
-                majority_sign_method=self.plan.majority_sign_method, generator=generator,
-            )
-            del deltas
+            combined, embedding = self._combined(name, main, kind, held)
             result, changed = d.apply_delta(w, combined, embedding=embedding, scratch=self._scratch), True
         return result.to(out_dtype), changed
 
+    def _combined(self, name: str, main: list[Op], kind: str, held: torch.dtype) -> tuple[torch.Tensor, bool]:
+        """The adapters' combined float32 delta for one tensor, and whether it is an embedding's."""
+        import torch
 
-def _in_dtype(t: torch.Tensor, out: OutTensor, cast: bytearray) -> torch.Tensor:
+        mode = self.plan.adapter_dtype
+        if kind == "bias":
+            deltas = [d.bias_delta(o.payload.held_bias(mode, base_dtype=held), scaling=o.payload.scaling)
+                      for o in main]
+            embedding = False
+        else:
+            deltas = [o.payload.delta(mode, base_dtype=held, out=self._buffer(i, o.payload))
+                      for i, o in enumerate(main)]
+            embedding = module_kind(main) == "embedding"
+        generator = torch.Generator().manual_seed(tensor_seed(self.plan.seed, name))
+        combined = self.method.combine(
+            deltas, [self.weights[o.adapter] for o in main], density=self.plan.density,
+            majority_sign_method=self.plan.majority_sign_method, generator=generator,
+        )
+        return combined, embedding
+
+    def lora_delta(self, name: str, dtype: torch.dtype, ops: list[Op]) -> tuple[torch.Tensor, bool]:
+        """For a tensor held in ``dtype`` whose ops are all LoRA (see ``_rows_streamable``):
+        what ``apply`` would add to it, to be added row block by row block with ``add_rows``."""
+        return self._combined(name, ops, "lora", dtype)
+
+    def add_rows(self, w: torch.Tensor, delta: torch.Tensor, *, embedding: bool) -> None:
+        # elementwise, like apply_delta on the whole tensor: the same bits, block by block
+        d.apply_delta(w, delta, embedding=embedding, scratch=self._scratch)
+
+
+def _in_dtype(t: torch.Tensor, out: OutTensor, cast: bytearray | memoryview) -> torch.Tensor:
     """``t`` in the output dtype, converted into the reused ``cast`` buffer when it differs."""
     import torch
 
@@ -152,6 +179,57 @@ def _in_dtype(t: torch.Tensor, out: OutTensor, cast: bytearray) -> torch.Tensor:
         return t.to(dtype)
     w = torch.frombuffer(memoryview(cast)[: out.nbytes], dtype=dtype).view(t.shape)
     return w.copy_(t)  # the same round-to-nearest-even as `.to(dtype)`
+
+
+def _rows_streamable(ops: list[Op] | None, out: OutTensor, src: BaseTensor) -> bool:
+    """Plain LoRA deltas on a float tensor kept in its dtype: each output row is its base row
+    plus its delta row, so the tensor can be read, merged and written in row blocks."""
+    return bool(ops) and all(o.kind == "lora" for o in ops) and out.dtype == src.dtype and (
+        src.dtype in FLOAT_DTYPES and len(src.shape) >= 1 and src.nbytes > 0
+    )
+
+
+def _copy(
+    pipe: WritePipeline, reader: TensorReader, out: OutTensor, src: BaseTensor, ring: list[Slot], k: int
+) -> int:
+    """Stream an untouched tensor's bytes to the writer; returns the next ring position."""
+    piece = len(ring[0].data)
+    pipe.begin(out.name, src.nbytes)
+    for start in range(0, src.nbytes, piece):
+        slot = pipe.acquire(ring[k % len(ring)])
+        k += 1
+        pipe.put(slot, reader.read(src, slot.data, start=start, size=min(piece, src.nbytes - start)))
+    pipe.end()
+    return k
+
+
+def _merge_rows(
+    pipe: WritePipeline, reader: TensorReader, applier: _Applier, out: OutTensor, src: BaseTensor,
+    ops: list[Op], ring: list[Slot], k: int,
+) -> int:
+    """Merge a ``_rows_streamable`` tensor row block by row block; returns the next ring position."""
+    import torch
+
+    dtype = torch_dtype(src.dtype)
+    delta, embedding = applier.lora_delta(out.name, dtype, ops)
+    if tuple(delta.shape) != src.shape:
+        raise MergeError(f"{out.name}: the adapters' delta is {tuple(delta.shape)}, the weight {src.shape}",
+                         hint="check that the adapter was trained on this base")
+    rows = src.shape[0]
+    row_bytes = src.nbytes // rows
+    step = max(1, len(ring[0].data) // row_bytes)
+    pipe.begin(out.name, out.nbytes)
+    for start in range(0, rows, step):
+        n = min(step, rows - start)
+        slot = pipe.acquire(ring[k % len(ring)])
+        k += 1
+        view = reader.read(src, slot.data, start=start * row_bytes, size=n * row_bytes)
+        w = torch.frombuffer(view, dtype=dtype).view((n, *src.shape[1:]))
+        applier.add_rows(w, delta[start : start + n], embedding=embedding)
+        del w
+        pipe.put(slot, view)
+    pipe.end()
+    return k
 
 
 def _load_adapters(plan: MergePlan, ckpt: Checkpoint, pair) -> list:
@@ -210,30 +288,50 @@ def merge(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.incomplete"
     tmp.mkdir()
-    writer = None
+    writer = pipe = None
     try:
         metadata = {"format": "pt", "lorareg_recipe": recipe_digest}
         writer = ShardWriter(tmp, shards, metadata=metadata)
         applier = _Applier(plan, adapters, method, notes)
-        buf = bytearray(max((t.nbytes for _, t in sources), default=0))
-        # a second reused buffer for tensors whose dtype changes (no allocation per tensor)
-        cast = bytearray(max((o.nbytes for o, t in sources if o.dtype != t.dtype), default=0))
-        total, changed = len(sources), 0
+        ops_of = {o.name: work.ops.get(o.name) for o, _ in sources}
+        piecewise = {o.name for o, t in sources if (not ops_of[o.name] and o.dtype == t.dtype)
+                     or _rows_streamable(ops_of[o.name], o, t)}
+        whole = [(o, t) for o, t in sources if o.name not in piecewise]
+        # one row of a row-streamed tensor must fit a piece
+        piece = max([_PIECE] + [t.nbytes // t.shape[0] for o, t in sources
+                                if o.name in piecewise and ops_of[o.name]])
+        ring = [Slot(piece) for _ in range(_PIECES)]
+        # The rest is computed whole: its base bytes, then (for a dtype change) a cast copy,
+        # in one reused slot (no allocation per tensor).
+        read_size = max((t.nbytes for _, t in whole), default=0)
+        big = Slot(read_size + max((o.nbytes for o, t in whole if o.dtype != t.dtype), default=0))
+        total, changed, k = len(sources), 0, 0
+        pipe = WritePipeline(writer)
         with TensorReader(ckpt) as reader:
             for done, out in enumerate((o for s in shards for o in s.tensors), start=1):
                 _, src = by_name[out.name]
-                ops = work.ops.get(out.name)
-                if not ops and out.dtype == src.dtype:
-                    writer.write(out.name, reader.read(src, buf))
-                else:
+                ops = ops_of[out.name]
+                if out.name not in piecewise:
+                    slot = pipe.acquire(big)
+                    buf, cast = memoryview(slot.data)[:read_size], memoryview(slot.data)[read_size:]
                     w = _in_dtype(reader.tensor(src, buf), out, cast)
                     if ops:
                         w, touched = applier.apply(out.name, w, ops)
                         changed += touched
-                    writer.write(out.name, tensor_bytes(w))
+                    slot.keep = data = tensor_bytes(w)  # may be a new tensor's bytes, not the slot's
                     del w
+                    pipe.begin(out.name, out.nbytes)
+                    pipe.put(slot, data)
+                    pipe.end()
+                    del data, buf, cast
+                elif ops:
+                    k = _merge_rows(pipe, reader, applier, out, src, ops, ring, k)
+                    changed += 1
+                else:
+                    k = _copy(pipe, reader, out, src, ring, k)
                 if progress is not None:
                     progress(done, total, out.name)
+        pipe.close()
         writer.finish(index=(ckpt.indexed and same_layout) or len(shards) > 1)
         dtype = _model_dtype(plan, ckpt)
         write_config(ckpt.config, tmp, dtype=dtype, untied=work.untied is not None)
@@ -247,6 +345,8 @@ def merge(
         os.rename(tmp, out_dir)
         fsync_dir(out_dir.parent)
     except BaseException:
+        if pipe is not None:
+            pipe.abort()
         if writer is not None:
             writer.abort()
         shutil.rmtree(tmp, ignore_errors=True)

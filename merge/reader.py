@@ -9,6 +9,7 @@ check an adapter against a base without importing torch.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,15 +146,27 @@ class TensorReader:
             f.close()
         self._files.clear()
 
-    def read(self, t: BaseTensor, buf: bytearray) -> memoryview:
-        """The tensor's raw bytes, read into the front of ``buf`` (which must be large enough)."""
-        f = self._files.get(t.file)
+    def _open(self, file: str) -> Any:
+        f = self._files.get(file)
         if f is None:
-            f = self._files[t.file] = open(self._ckpt.folder / t.file, "rb", buffering=0)
-        view = memoryview(buf)[: t.nbytes]
-        f.seek(t.offset)
+            f = self._files[file] = open(self._ckpt.folder / file, "rb", buffering=0)
+            if hasattr(os, "posix_fadvise"):
+                # tensors are read in file order: let the kernel read further ahead
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        return f
+
+    def read(
+        self, t: BaseTensor, buf: bytearray | memoryview, *, start: int = 0, size: int | None = None
+    ) -> memoryview:
+        """The tensor's raw bytes (or ``size`` of them from byte ``start``), read into the front of ``buf``."""
+        size = t.nbytes - start if size is None else size
+        if start < 0 or size < 0 or start + size > t.nbytes:
+            raise ValueError(f"bytes {start}..{start + size} outside {t.name!r} ({t.nbytes} bytes)")
+        f = self._open(t.file)
+        view = memoryview(buf)[:size]
+        f.seek(t.offset + start)
         got = 0
-        while got < t.nbytes:
+        while got < size:
             n = f.readinto(view[got:])
             if not n:
                 raise CheckpointError(
@@ -163,7 +176,7 @@ class TensorReader:
             got += n
         return view
 
-    def tensor(self, t: BaseTensor, buf: bytearray) -> torch.Tensor:
+    def tensor(self, t: BaseTensor, buf: bytearray | memoryview) -> torch.Tensor:
         """A tensor over ``buf``'s bytes (no copy: valid until the buffer is reused)."""
         import torch
 

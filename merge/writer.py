@@ -3,7 +3,7 @@
 Every tensor's name, dtype and shape is known before the first byte is written, so each
 shard's header is computed up front and tensors are streamed into place in header order:
 no shard is ever assembled in memory.  Each tensor's sha256 (for the manifest digest) and
-each file's sha256 come from the same single pass.
+each file's sha256 come from the same single pass, a tensor's bytes possibly in pieces.
 """
 
 from __future__ import annotations
@@ -97,7 +97,10 @@ def tensor_bytes(t: torch.Tensor) -> Any:
 
 
 class ShardWriter:
-    """Writes the planned shards into ``folder``; tensors must come in plan order."""
+    """Writes the planned shards into ``folder``; tensors must come in plan order.
+
+    A tensor is written whole (``write``) or piece by piece (``begin``, ``feed``..., ``end``).
+    """
 
     def __init__(self, folder: Path, shards: list[Shard], *, metadata: dict[str, str]) -> None:
         self._folder = Path(folder)
@@ -107,13 +110,18 @@ class ShardWriter:
         self._pos = 0
         self._file: Any = None
         self._file_hash: Any = None
+        self._tensor_hash: Any = None
+        self._fed = 0
         self._size = 0
         self._current = -1
         self.entries: list[TensorEntry] = []
         self.files: dict[str, FileInfo] = {}
-        # The tensor's own sha256 runs beside the write and the file's sha256 (hashlib and file
+        # The tensor's sha256 and the file's sha256 run beside the write (hashlib and file
         # writes release the GIL): two hashes of every byte are a third of a merge's time.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorareg-hash")
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lorareg-hash")
+        # A finished shard is fsynced in the background while the next one is written.
+        self._syncs: list[Any] = []
+        self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorareg-fsync")
 
     @property
     def expected(self) -> OutTensor:
@@ -127,52 +135,85 @@ class ShardWriter:
         self._size = 0
         self._emit(_header(self._shards[si], self._metadata))
 
-    def _emit(self, data: Any) -> None:
-        self._file.write(data)
-        self._file_hash.update(data)
+    def _emit(self, data: Any, tensor_hash: Any = None) -> None:
+        # The two hash objects are only ever updated here, one piece at a time, in order.
+        hashes = [self._pool.submit(self._file_hash.update, data)]
+        if tensor_hash is not None:
+            hashes.append(self._pool.submit(tensor_hash.update, data))
+        try:
+            self._file.write(data)
+        finally:
+            for h in hashes:
+                h.result()
         self._size += len(memoryview(data).cast("B"))
 
     def _close(self) -> None:
         if self._file is None:
             return
         self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
         self.files[self._shards[self._current].file] = FileInfo(sha256=self._file_hash.hexdigest(), size=self._size)
+        self._syncs.append(self._sync_pool.submit(_sync_close, self._file))
         self._file = None
 
-    def write(self, name: str, data: Any) -> None:
-        """Append the next tensor's raw bytes (a bytes-like object)."""
+    def begin(self, name: str, nbytes: int) -> None:
+        """Start the next tensor, of ``nbytes`` bytes, to be given by ``feed`` calls."""
+        if self._tensor_hash is not None:
+            raise MergeError(f"writer: {name!r} begun inside another tensor", hint="this is a lorareg bug; report it")
         if self._pos >= len(self._order):
             raise MergeError(f"writer: unexpected extra tensor {name!r}", hint="this is a lorareg bug; report it")
         si, t = self._order[self._pos]
-        n = len(memoryview(data).cast("B")) if not isinstance(data, bytes) else len(data)
-        if name != t.name or n != t.nbytes:
+        if name != t.name or nbytes != t.nbytes:
             raise MergeError(
-                f"writer: got {name!r} ({n} bytes), expected {t.name!r} ({t.nbytes} bytes)",
+                f"writer: got {name!r} ({nbytes} bytes), expected {t.name!r} ({t.nbytes} bytes)",
                 hint="this is a lorareg bug; report it",
             )
         if si != self._current:
             self._open(si)
-        tensor_hash = self._pool.submit(lambda: hashlib.sha256(data).hexdigest())
-        try:
-            self._emit(data)
-        finally:
-            sha256 = tensor_hash.result()
+        self._tensor_hash = hashlib.sha256()
+        self._fed = 0
+
+    def feed(self, data: Any) -> None:
+        """The next piece of the current tensor's raw bytes (a bytes-like object)."""
+        t = self._order[self._pos][1]
+        n = len(data) if isinstance(data, bytes) else len(memoryview(data).cast("B"))
+        if self._tensor_hash is None or self._fed + n > t.nbytes:
+            raise MergeError(f"writer: unexpected bytes for {t.name!r}", hint="this is a lorareg bug; report it")
+        if n:
+            self._emit(data, self._tensor_hash)
+        self._fed += n
+
+    def end(self) -> None:
+        si, t = self._order[self._pos]
+        if self._tensor_hash is None or self._fed != t.nbytes:
+            raise MergeError(
+                f"writer: {t.name!r} got {self._fed} of its {t.nbytes} bytes", hint="this is a lorareg bug; report it"
+            )
+        sha256 = self._tensor_hash.hexdigest()
+        self._tensor_hash = None
         self.entries.append(TensorEntry(name=t.name, dtype=t.dtype, shape=t.shape, sha256=sha256))
         self._pos += 1
         if self._pos == len(self._order) or self._order[self._pos][0] != si:
             self._close()
 
+    def write(self, name: str, data: Any) -> None:
+        """Append the next tensor's raw bytes (a bytes-like object)."""
+        n = len(data) if isinstance(data, bytes) else len(memoryview(data).cast("B"))
+        self.begin(name, n)
+        self.feed(data)
+        self.end()
+
     def finish(self, *, index: bool) -> None:
-        """Check every tensor was written; write ``model.safetensors.index.json`` if asked."""
-        self._pool.shutdown()
+        """Check every tensor was written and synced; write ``model.safetensors.index.json`` if asked."""
         if self._pos != len(self._order):
             raise MergeError(f"writer: {len(self._order) - self._pos} tensors never written", hint="report this bug")
         for si, s in enumerate(self._shards):
             if not s.tensors and s.file not in self.files:
                 self._open(si)  # a shard of empty tensors still needs its header on disk
                 self._close()
+        self._pool.shutdown()
+        self._sync_pool.shutdown()
+        for f in self._syncs:
+            f.result()  # re-raises a failed fsync
         if index:
             weight_map = {t.name: s.file for s in self._shards for t in s.tensors}
             total = sum(t.nbytes for s in self._shards for t in s.tensors)
@@ -181,6 +222,14 @@ class ShardWriter:
 
     def abort(self) -> None:
         self._pool.shutdown()
+        self._sync_pool.shutdown()
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _sync_close(f: Any) -> None:
+    try:
+        os.fsync(f.fileno())
+    finally:
+        f.close()
