@@ -72,6 +72,23 @@ def test_add_base_from_hub_pins_commit(hub, reg, llama, monkeypatch):
     assert tree["nodes"][0]["source"] == f"hf://alice/tiny-llama@{res.commit_sha}"
 
 
+def test_pushed_card_names_the_hub_base(hub, reg, llama, llama_lora, monkeypatch, tmp_path):
+    from huggingface_hub import ModelCard, hf_hub_download
+
+    from lorareg.registry.hub import push_folder
+
+    push_folder(folder=llama, repo_id="alice/tiny-llama", tag="v1", token=ALICE, commit_message="up")
+    monkeypatch.setenv("HF_TOKEN", ALICE)
+    reg.add_base_from_hub(uri="hf://alice/tiny-llama@v1", name="tiny")
+    reg.add_adapter(path=llama_lora, base="tiny", name="chat")
+    merged = reg.merge(base="tiny", adapters=["chat:0.5"], name="half")
+    reg.push(ref=merged.ref, repo="alice/half")
+    card = ModelCard.load(hf_hub_download("alice/half", "README.md", revision="v1", endpoint=hub.url,
+                                          token=ALICE, cache_dir=tmp_path / "cache"))
+    assert card.data.base_model == "alice/tiny-llama"
+    assert "lorareg rebuild half@1" in card.text
+
+
 def test_push_adapter_only_and_show_lists_pushes(hub, reg, llama, llama_lora, monkeypatch, tmp_path):
     from huggingface_hub import ModelCard, snapshot_download
 
