@@ -14,14 +14,16 @@ from lorareg.cli.errors import LoraregGroup
 @click.option("--home", type=click.Path(file_okay=False), envvar="LORAREG_HOME",
               help="Registry folder (default ~/.lorareg, or LORAREG_HOME).")
 @click.option("--database-url", envvar="LORAREG_DATABASE_URL", help="SQLAlchemy URL of a shared registry database.")
+@click.option("--blobs", type=click.Path(file_okay=False), envvar="LORAREG_BLOBS",
+              help="Blob folder shared by a team (default HOME/blobs).")
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
 @click.version_option(package_name="lorareg")
 @click.pass_context
-def cli(ctx: click.Context, home: str | None, database_url: str | None, debug: bool) -> None:
+def cli(ctx: click.Context, home: str | None, database_url: str | None, blobs: str | None, debug: bool) -> None:
     """lorareg: a registry and merge engine for LoRA adapters."""
     if debug:
         os.environ["LORAREG_DEBUG"] = "1"
-    ctx.obj = {"home": home, "database_url": database_url}
+    ctx.obj = {"home": home, "database_url": database_url, "blobs": blobs}
 
 
 def _register() -> None:

@@ -66,7 +66,7 @@ def add_base(reg: "Registry", *, path: Path, name: str | None, reference: bool, 
             found = catalog.existing_with_content(session, name, content)
             if found is not None:
                 return catalog.to_info(session, reg.home, found, existed=True)
-        lock = locking.writing(reg.home.root)
+        lock = locking.writing(reg.home.blobs)
         lock.__enter__()  # held from the first blob to the commit of the rows (below)
         try:
             if not reference:
@@ -129,7 +129,7 @@ def add_adapter(reg: "Registry", *, path: Path, base: str, name: str | None, all
             found = catalog.existing_with_content(session, name, content)
             if found is not None:
                 return catalog.to_info(session, reg.home, found, existed=True)
-        lock = locking.writing(reg.home.root)
+        lock = locking.writing(reg.home.blobs)
         lock.__enter__()  # held from the first blob to the commit of the rows (below)
         try:
             store_files(reg, checked.folder, cd.files, progress=progress)

@@ -38,15 +38,17 @@ class Registry:
         self.blobs = blobs
 
     @classmethod
-    def open(cls, home: str | os.PathLike[str] | None = None, *, database_url: str | None = None) -> "Registry":
+    def open(cls, home: str | os.PathLike[str] | None = None, *, database_url: str | None = None,
+             blobs: str | os.PathLike[str] | None = None) -> "Registry":
         """Open (creating if needed) the registry at ``home``; upgrades its schema to head.
 
         ``database_url`` (or ``LORAREG_DATABASE_URL``) puts the tables in another database,
-        e.g. PostgreSQL for a team; blobs always live under ``home``."""
+        e.g. PostgreSQL for a team; ``blobs`` (or ``LORAREG_BLOBS``) a blob folder the team
+        shares (default ``home/blobs``).  Version folders of links stay per ``home``."""
         from lorareg.registry.db import make_engine, sqlite_url, upgrade
         from lorareg.store.blobs import BlobStore
 
-        h = Home.resolve(home)
+        h = Home.resolve(home, blobs)
         h.ensure()
         url = database_url or os.environ.get("LORAREG_DATABASE_URL") or sqlite_url(h.db_path)
         engine = make_engine(url)

@@ -10,11 +10,16 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Home:
     root: Path
+    # A blob store shared by a team (a mounted folder), next to a shared database;
+    # default: LORAREG_HOME/blobs.
+    blob_root: Path | None = None
 
     @classmethod
-    def resolve(cls, home: str | os.PathLike[str] | None = None) -> "Home":
+    def resolve(cls, home: str | os.PathLike[str] | None = None,
+                blobs: str | os.PathLike[str] | None = None) -> "Home":
         raw = home if home is not None else os.environ.get("LORAREG_HOME") or Path.home() / ".lorareg"
-        return cls(Path(raw).expanduser().resolve())
+        shared = blobs if blobs is not None else os.environ.get("LORAREG_BLOBS")
+        return cls(Path(raw).expanduser().resolve(), Path(shared).expanduser().resolve() if shared else None)
 
     @property
     def db_path(self) -> Path:
@@ -22,7 +27,7 @@ class Home:
 
     @property
     def blobs(self) -> Path:
-        return self.root / "blobs"
+        return self.blob_root or self.root / "blobs"
 
     @property
     def versions(self) -> Path:

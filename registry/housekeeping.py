@@ -87,7 +87,7 @@ def gc(reg: "Registry", *, evict_refs: tuple[str, ...] = (), merges_older_than_d
        dry_run: bool = False) -> GcResult:
     from lorareg.registry import locking
 
-    with locking.collecting(reg.home.root):
+    with locking.collecting(reg.home.blobs):
         result = _gc(reg, evict_refs=evict_refs, merges_older_than_days=merges_older_than_days, dry_run=dry_run)
     if not dry_run:
         _remove_stale_link_folders(reg.home.versions)

@@ -228,7 +228,7 @@ def register_output(reg: "Registry", produced: Produced, *, recipe: dict, recipe
     from lorareg.registry import locking
     from lorareg.registry.adding import content_digest_of, link_version, store_files
 
-    with locking.writing(reg.home.root):
+    with locking.writing(reg.home.blobs):
         if keep == "files":
             store_files(reg, produced.path, produced.files, move=True)
         row = _write_rows(reg, produced, recipe=recipe, recipe_digest=recipe_digest, name=name, keep=keep,

@@ -91,7 +91,7 @@ def store_produced(reg: "Registry", row: m.Version, produced: Produced) -> None:
                              hint=f"run: lorareg rebuild {row.name}@{row.version} for a report")
     from lorareg.registry import locking
 
-    with locking.writing(reg.home.root):
+    with locking.writing(reg.home.blobs):
         store_files(reg, produced.path, produced.files, move=True)
         with Session(reg.engine) as session:
             live = session.get(m.Version, row.id)

@@ -13,7 +13,7 @@ def test_gc_waits_for_a_writer_holding_the_lock(reg, llama):
     reg.add_base(path=llama, name="llama")
     orphan = reg.blobs.put_bytes(b"bytes of a version whose rows are not committed yet")
     done = threading.Event()
-    with locking.writing(reg.home.root):
+    with locking.writing(reg.home.blobs):
         t = threading.Thread(target=lambda: (reg.gc(), done.set()))
         t.start()
         time.sleep(0.3)

@@ -93,3 +93,23 @@ def test_concurrent_writers_get_distinct_versions(pg_url, tmp_path):
     assert not errors, errors
     with Registry.open(tmp_path / "home2", database_url=pg_url) as reg:
         assert sorted(v.version for v in reg.ls(name="race")) == [1, 2, 3, 4]
+
+
+def test_team_registry_shares_rows_and_blobs(pg_url, tmp_path, llama, llama_lora):
+    """Two machines: one PostgreSQL database, one shared blob folder, a LORAREG_HOME each."""
+    from transformers import AutoModelForCausalLM
+
+    from lorareg import Registry
+
+    shared = tmp_path / "team-blobs"
+    with Registry.open(tmp_path / "alice", database_url=pg_url, blobs=shared) as alice:
+        alice.add_base(path=llama, name="team-llama")
+        alice.add_adapter(path=llama_lora, base="team-llama", name="team-chat")
+        merged = alice.merge(base="team-llama", adapters=["team-chat:0.5"], name="team-merge")
+    with Registry.open(tmp_path / "bob", database_url=pg_url, blobs=shared) as bob:
+        info = bob.get(merged.ref)
+        folder = bob.materialize_path(info)  # bob's own folder of links into the shared blobs
+        assert folder.is_relative_to(tmp_path / "bob")
+        AutoModelForCausalLM.from_pretrained(folder)
+        assert bob.verify(ref=merged.ref)[0].ok
+        assert bob.rebuild(ref=merged.ref).ok
