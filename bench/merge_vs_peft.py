@@ -177,6 +177,14 @@ def case_peft(work: Path, out: Path) -> None:
     merged.save_pretrained(out)
 
 
+def case_peft_fsync(work: Path, out: Path) -> None:
+    # PEFT with the same durability lorareg and the floor pay: every output file fsynced.
+    case_peft(work, out)
+    for f in sorted(out.iterdir()):
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
 def case_lorareg(work: Path, out: Path) -> None:
     from lorareg.merge.engine import merge
     from lorareg.merge.plan import AdapterInput, MergePlan
@@ -198,7 +206,7 @@ def case_floor(work: Path, out: Path) -> None:
             os.fsync(fout.fileno())
 
 
-CASES = {"peft": case_peft, "lorareg": case_lorareg, "floor": case_floor}
+CASES = {"peft": case_peft, "peft_fsync": case_peft_fsync, "lorareg": case_lorareg, "floor": case_floor}
 
 
 def run_case(name: str, work: Path, profile: bool) -> dict:
@@ -264,15 +272,18 @@ def _warm_page_cache(folder: Path) -> None:
 
 
 def _table(results: dict[str, dict], base_bytes: int) -> str:
-    rows = [f"{'case':<9} {'wall s':>8} {'peak RSS MB':>12} {'out GB':>7}"]
-    for name in ("peft", "lorareg", "floor"):
+    rows = [f"{'case':<10} {'wall s':>8} {'peak RSS MB':>12} {'out GB':>7}"]
+    for name in ("peft", "peft_fsync", "lorareg", "floor"):
         if name in results:
             r = results[name]
-            rows.append(f"{name:<9} {r['wall_s']:>8.1f} {r['peak_rss_mb']:>12.0f} {r['out_bytes'] / 1e9:>7.2f}")
+            rows.append(f"{name:<10} {r['wall_s']:>8.1f} {r['peak_rss_mb']:>12.0f} {r['out_bytes'] / 1e9:>7.2f}")
     rows.append(f"(base checkpoint: {base_bytes / 1e9:.2f} GB)")
     if {"peft", "lorareg"} <= results.keys():
         speedup = results["peft"]["wall_s"] / results["lorareg"]["wall_s"]
         rows.append(f"lorareg speedup vs PEFT: {speedup:.2f}x   (target >= {TARGETS['speedup vs peft']}x)")
+    if {"peft_fsync", "lorareg"} <= results.keys():
+        speedup = results["peft_fsync"]["wall_s"] / results["lorareg"]["wall_s"]
+        rows.append(f"lorareg speedup vs PEFT + fsync: {speedup:.2f}x   (same durability)")
     if {"floor", "lorareg"} <= results.keys():
         ratio = results["lorareg"]["wall_s"] / results["floor"]["wall_s"]
         rows.append(f"lorareg / I/O floor:     {ratio:.2f}x   (target <= {TARGETS['vs floor']}x)")
