@@ -104,3 +104,27 @@ def test_cli_merge_and_show(seeded):
     assert out["ref"] == "neg@1" and out["details"]["recipe"]["adapters"][1]["weight"] == -0.3
     shown = runner.invoke(cli, ["show", "neg"])
     assert shown.exit_code == 0 and "chat@1" in shown.output and "linear" in shown.output
+
+
+def test_cli_export_rebuild_diff_gc(seeded, tmp_path):
+    runner = CliRunner()
+
+    def ok(*args):
+        r = runner.invoke(cli, [str(a) for a in args])
+        assert r.exit_code == 0, r.output
+        return r.stdout
+
+    ok("merge", "llama", "chat", "--name", "pair")
+    ok("merge", "llama", "chat", "code:0.5", "--name", "pair", "--keep", "recipe")
+    listed = {i["ref"]: i["stored"] for i in json.loads(ok("ls", "merges", "--json"))}
+    assert listed == {"pair@1": True, "pair@2": False}
+    assert json.loads(ok("rebuild", "pair@2", "--json"))["ok"] is True
+    ok("export", "pair@2", tmp_path / "out")
+    assert (tmp_path / "out" / "config.json").exists()
+    d = json.loads(ok("diff", "pair@1", "pair@2", "--json"))
+    assert d["same_digest"] is False and "adapters" in d["recipe"]
+    freed = json.loads(ok("gc", "--evict", "pair@1", "--json"))
+    assert freed["evicted"] == ["pair@1"] and freed["bytes_freed"] > 0
+    assert "(recipe only)" in ok("lineage", "pair@1")
+    text = ok("ls", "merges")
+    assert "recipe" in text
