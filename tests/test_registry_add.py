@@ -129,3 +129,22 @@ def test_aliases_and_log(reg, llama, tmp_path):
     assert [(e.args["version"], e.args["previous"]) for e in moves] == [(1, 2), (2, None)]
     reg.remove_alias(name="llama", alias="prod")
     assert reg.aliases(name="llama") == []
+
+
+def test_concurrent_processes_on_sqlite_get_distinct_versions(tmp_path, lorareg_home):
+    """Four processes add different checkpoints under one name at once: versions 1-4, no error."""
+    import subprocess
+    import sys
+
+    from factories import make_llama
+    from lorareg import Registry
+
+    folders = [make_llama(tmp_path / f"m{i}", seed=200 + i, layers=1) for i in range(4)]
+    Registry.open().close()
+    code = "import sys; from lorareg import Registry; Registry.open().add_base(path=sys.argv[1], name='race')"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(f)], stderr=subprocess.PIPE, text=True)
+             for f in folders]
+    errors = [p.communicate()[1] for p in procs if p.wait() != 0]
+    assert not errors, errors
+    with Registry.open() as reg:
+        assert sorted(v.version for v in reg.ls(name="race")) == [1, 2, 3, 4]
