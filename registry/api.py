@@ -133,10 +133,11 @@ class Registry:
             raise LoraregError("say what to verify", hint="lorareg verify NAME@VERSION, or lorareg verify --all")
         with Session(self.engine) as session:
             rows = [catalog.resolve(session, ref)] if ref else session.exec(select(m.Version).order_by(m.Version.id)).all()
-            results = [verify_version(self, session, r, progress=progress) for r in rows]
-            if all:
-                seen = {p for r in results for p in r.problems}
-                results += [b for b in verify_blobs(self, session) if not any(b.problems[0][:18] in s for s in seen)]
+            bad = self.blobs.verify_all() if all else None  # every blob hashed once
+            results = [verify_version(self, session, r, progress=progress, hashed=None if bad is None else set(bad))
+                       for r in rows]
+            if bad:
+                results += verify_blobs(self, session, bad)
             catalog.record_event(session, "verify", ref=ref or "*", ok=all_ok(results))
             session.commit()
             return results

@@ -15,7 +15,10 @@ if TYPE_CHECKING:
     from lorareg.registry.api import Registry
 
 
-def verify_version(reg: "Registry", session: Session, row: m.Version, *, progress=None) -> VerifyResult:
+def verify_version(reg: "Registry", session: Session, row: m.Version, *, progress=None,
+                   hashed: set[str] | None = None) -> VerifyResult:
+    """Re-hash ``row``'s files.  With ``hashed`` (the corrupt blobs of a whole-store pass that
+    already re-hashed every blob), blobs are looked up instead of hashed a second time."""
     ref = f"{row.name}@{row.version}"
     files = session.exec(select(m.FileRow).where(m.FileRow.version_id == row.id)).all()
     problems: list[str] = []
@@ -24,7 +27,12 @@ def verify_version(reg: "Registry", session: Session, row: m.Version, *, progres
     elif row.stored:
         for f in files:
             try:
-                reg.blobs.verify(f.sha256)
+                if hashed is None:
+                    reg.blobs.verify(f.sha256)
+                elif not reg.blobs.has(f.sha256):
+                    raise NotFoundError(f.sha256)
+                elif f.sha256 in hashed:
+                    raise IntegrityError(f.sha256)
             except NotFoundError:
                 problems.append(f"{f.path}: blob {f.sha256[:12]} is missing from the store")
             except IntegrityError:
@@ -60,14 +68,15 @@ def _verify_reference(source: str, files, digest: str, progress) -> list[str]:
     return problems
 
 
-def verify_blobs(reg: "Registry", session: Session) -> list[VerifyResult]:
-    """Every blob in the store, including those only a manifest references."""
-    bad = reg.blobs.verify_all()
+def verify_blobs(reg: "Registry", session: Session, bad: list[str]) -> list[VerifyResult]:
+    """A result for each corrupt blob no version's files name (tensor manifests, orphans)."""
     out = []
     for sha in bad:
-        users = session.exec(select(m.FileRow, m.Version).where(m.FileRow.sha256 == sha,
-                                                                m.FileRow.version_id == m.Version.id)).all()
-        refs = sorted({f"{v.name}@{v.version}" for _, v in users})
+        if session.exec(select(m.FileRow).where(m.FileRow.sha256 == sha)).first() is not None:
+            continue  # already reported with the versions whose files it holds
+        owners = session.exec(select(m.Version).where(m.Version.manifest_sha256 == sha)).all()
+        what = f"the tensor manifest of {', '.join(f'{v.name}@{v.version}' for v in owners)}" if owners else \
+            "no version (lorareg gc removes it)"
         out.append(VerifyResult(ref=f"blob:{sha[:12]}", ok=False, checked_files=1,
-                                problems=(f"blob {sha[:12]} is corrupt; affects {', '.join(refs) or 'no version'}",)))
+                                problems=(f"blob {sha[:12]} is corrupt; it holds {what}",)))
     return out
