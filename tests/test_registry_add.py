@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from lorareg.errors import LoraregError, NotFoundError
 
@@ -148,3 +149,16 @@ def test_concurrent_processes_on_sqlite_get_distinct_versions(tmp_path, lorareg_
     assert not errors, errors
     with Registry.open() as reg:
         assert sorted(v.version for v in reg.ls(name="race")) == [1, 2, 3, 4]
+
+
+def test_version_folders_load_with_peft(reg, llama, llama_lora):
+    """The adapter's version folder (links into the store) loads with PeftModel on the base's folder."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = reg.add_base(path=llama, name="llama")
+    ad = reg.add_adapter(path=llama_lora, base="llama", name="chat")
+    ids = torch.tensor([[1, 7, 9, 2]])
+    from_store = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base.path), ad.path)
+    original = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(llama), llama_lora)
+    assert torch.equal(from_store(ids).logits, original(ids).logits)
