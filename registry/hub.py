@@ -14,12 +14,14 @@ import fnmatch
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, unquote
 
-from lorareg.errors import CheckpointError, HubError, LoraregError, NotFoundError, PickleRefusedError
+from lorareg.errors import (CheckpointError, HubError, IntegrityError, LoraregError, NotFoundError,
+                            PickleRefusedError)
 from lorareg.registry.hub_errors import to_hub_error
 from lorareg.registry.hub_errors import translated as _translated
 
@@ -118,8 +120,10 @@ def download(*, repo_id: str, revision: str | None, allow_pickle: bool = False, 
 
 def push_folder(*, folder: Path, repo_id: str, tag: str, branch: str | None = None, private: bool = False,
                 endpoint: str | None = None, token: str | None = None, commit_message: str,
-                card: str | None = None) -> PushResult:
-    """Upload `folder` (plus `card` as README.md) to `repo_id` in one commit tagged `tag`.
+                card: str | None = None, expected: Mapping[str, str] | None = None) -> PushResult:
+    """Upload `folder` (plus `card` as README.md, replacing any there) to `repo_id` in one
+    commit tagged `tag`.  `expected` (relative name -> sha256) is checked against the bytes
+    as they are hashed for the upload, so corrupt store files are never pushed.
 
     Re-pushing the same content under an existing tag makes no commit (`noop`).  Bytes the
     Hub already holds, unchanged at the branch head or as LFS objects left by an
@@ -132,7 +136,7 @@ def push_folder(*, folder: Path, repo_id: str, tag: str, branch: str | None = No
     branch = branch or "main"
     _check_ref(tag, what="tag")
     _check_ref(branch, what="branch")
-    local = _local_files(Path(folder), card)
+    local = _local_files(Path(folder), card, expected)
     if _offline():
         raise HubError("cannot push while HF_HUB_OFFLINE is set", hint="unset HF_HUB_OFFLINE and rerun lorareg push")
     token = _resolve_token(token)
@@ -221,7 +225,7 @@ def _hashed(path: Path, h: Any) -> Any:
     return h
 
 
-def _local_files(folder: Path, card: str | None) -> dict[str, _LocalFile]:
+def _local_files(folder: Path, card: str | None, expected: Mapping[str, str] | None = None) -> dict[str, _LocalFile]:
     if not folder.is_dir():
         raise NotFoundError(f"{folder} is not a folder", hint="push a registered version: lorareg push NAME@VERSION")
     files: dict[str, _LocalFile] = {}
@@ -230,7 +234,13 @@ def _local_files(folder: Path, card: str | None) -> dict[str, _LocalFile]:
         for name in sorted(names):
             path = Path(root, name)
             rel = path.relative_to(folder).as_posix()
-            files[rel] = _LocalFile(rel, path.stat().st_size, _hashed(path, hashlib.sha256()).hexdigest(), source=path)
+            if (card is not None and rel == "README.md") or (expected is not None and rel not in expected):
+                continue  # the card replaces README.md; with `expected`, only the recorded files go
+            sha = _hashed(path, hashlib.sha256()).hexdigest()
+            if expected is not None and expected[rel] != sha:
+                raise IntegrityError(f"{rel} in {folder} does not hash to its recorded sha256; refusing to push it",
+                                     hint="run: lorareg verify --all")
+            files[rel] = _LocalFile(rel, path.stat().st_size, sha, source=path)
     if card is not None:
         data = card.encode()
         files["README.md"] = _LocalFile("README.md", len(data), hashlib.sha256(data).hexdigest(), data=data)

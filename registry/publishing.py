@@ -3,11 +3,8 @@ their lineage; ``registry/hub.py`` talks to the Hub, this module records what ha
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlmodel import Session, select
@@ -96,21 +93,14 @@ def push(reg: "Registry", *, ref: str, repo_id: str, tag: str | None, branch: st
     folder = reg.materialize_path(info)
     tag = tag or f"v{info.version}"
     card = _card_for(reg, info, adapter_only=adapter_only)
-    stage = Path(tempfile.mkdtemp(prefix="push-", dir=reg.home.tmp))
-    try:
-        for f in info.files:  # real files, without a README the version carried (the card replaces it)
-            if f.path == "README.md":
-                continue
-            (stage / f.path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(folder / f.path, stage / f.path)
-        res = hub.push_folder(folder=stage, repo_id=repo_id, tag=tag, branch=branch, private=private,
-                              endpoint=endpoint, token=token, card=card,
-                              commit_message=f"lorareg: {info.ref} ({info.digest[:19]})")
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    # The version folder is pushed as it is (links into the store); the card takes README.md's
+    # place, and every file is checked against its recorded sha256 while it is hashed for upload.
+    res = hub.push_folder(folder=folder, repo_id=repo_id, tag=tag, branch=branch, private=private,
+                          endpoint=endpoint, token=token, card=card, expected={f.path: f.sha256 for f in info.files},
+                          commit_message=f"lorareg: {info.ref} ({info.digest[:19]})")
     if not res.commit_sha:
         raise HubError(f"the Hub returned no commit for {repo_id}", hint="rerun lorareg push; nothing was recorded")
-    ep = res.endpoint or hub._endpoint(endpoint)
+    ep = res.endpoint
     with Session(reg.engine) as session:
         row = catalog.resolve(session, info.ref)
         existing = session.exec(select(m.HubPush).where(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -105,3 +106,21 @@ def test_push_adapter_only_and_show_lists_pushes(hub, reg, llama, llama_lora, mo
     assert card.data.library_name == "peft" and card.data.base_model_relation == "adapter"
     names = {p.name for p in __import__("pathlib").Path(folder).iterdir()} - {".gitattributes"}
     assert names == {"README.md", "adapter_config.json", "adapter_model.safetensors"}
+
+
+def test_push_refuses_a_corrupt_store_file(hub, reg, llama, monkeypatch):
+    import os
+
+    from lorareg.errors import IntegrityError
+
+    monkeypatch.setenv("HF_TOKEN", ALICE)
+    info = reg.add_base(path=llama, name="llama")
+    sha = next(f.sha256 for f in info.files if f.path == "model.safetensors")
+    blob = reg.home.blobs / "sha256" / sha[:2] / sha[2:]
+    os.chmod(blob, 0o644)
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 1
+    blob.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="model.safetensors"):
+        reg.push(ref=info.ref, repo="alice/llama")
+    assert hub.requests("POST", "/commit/") == []
