@@ -47,7 +47,7 @@ def render_card(*, kind: Literal["merge", "adapter"], name: str, version: int, b
     data = ModelCardData(
         base_model=base_model, library_name=library, tags=tags,
         base_model_relation="merge" if kind == "merge" else "adapter",
-        lorareg={"name": name, "version": version, "digest": output_digest},
+        lorareg={"name": name, "version": version, **({"digest": output_digest} if output_digest else {})},
     )
     body = "\n".join([
         f"# {name} v{version}",
@@ -76,8 +76,9 @@ def render_card(*, kind: Literal["merge", "adapter"], name: str, version: int, b
         "",
         "## Output",
         "",
-        f"`{output_digest}`: the lorareg digest of the output (tensor names, dtypes, shapes and bytes; "
-        "it does not depend on how the weights are split into shards).",
+        (f"`{output_digest}`: the lorareg digest" if output_digest else
+         f"The lorareg digest (`lorareg show {name}@{version}`)") + " of the output (tensor names, dtypes, "
+        "shapes and bytes; it does not depend on how the weights are split into shards).",
         "",
         "## Rebuild",
         "",

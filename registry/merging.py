@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from sqlalchemy import func
 from sqlmodel import Session, select
 
 from lorareg.errors import IncompatibleAdapterError, LoraregError, MergeError
@@ -173,49 +174,60 @@ def discard(produced: Produced) -> None:
     shutil.rmtree(produced.path.parent, ignore_errors=True)
 
 
-def render_card(reg: "Registry", recipe: dict, *, name: str, version: int) -> str | None:
-    try:
-        from lorareg.registry.card import render_card as render
-    except ImportError:  # pragma: no cover - card module ships with the package
-        return None
+def render_card(reg: "Registry", recipe: dict, *, name: str, version: int, output_digest: str = "") -> str:
+    """The model card of a merged version: inputs with their digests and sources, the recipe,
+    how to rebuild.  No timestamps, so the same recipe always renders the same bytes."""
     from lorareg import __version__
+    from lorareg.registry.card import render_card as render
 
-    base_hub = None
-    try:
-        base_hub = reg.get(recipe["base"]["ref"]).details.get("hub_repo")
-    except LoraregError:
-        pass
-    inputs = [{"role": "base", **recipe["base"]}] + [{"role": "adapter", **a} for a in recipe["adapters"]]
+    base = reg.get(recipe["base"]["ref"])
+    inputs = [{"role": "base", **recipe["base"], "source": source_of(base)}] + [
+        {"role": "adapter", **a, "source": source_of(reg.get(a["ref"]))} for a in recipe["adapters"]]
     return render(kind="merge" if recipe["output"] == "model" else "adapter", name=name, version=version,
-                  base_model=base_hub, recipe=recipe, inputs=inputs, output_digest="", lorareg_version=__version__)
+                  base_model=base.details.get("hub_repo"), recipe=recipe, inputs=inputs,
+                  output_digest=output_digest, lorareg_version=__version__)
+
+
+def source_of(info: VersionInfo) -> str:
+    d = info.details
+    if d.get("hub_repo"):
+        return f"hf://{d['hub_repo']}@{d.get('hub_commit') or d.get('hub_revision')}"
+    return str(d.get("source_path") or "lorareg store")
 
 
 def merge(reg: "Registry", *, base: str, adapters: Sequence[str | tuple[str, float]], name: str, method: str,
           density: float | None, majority_sign_method: str, seed: int | None, dtype: str, adapter_dtype: str,
           output: str, rank: int | None, keep: str, allow_base_mismatch: bool, max_shard_size: int,
-          progress: Callable[[int, int, str], None] | None, message: str | None = None,
-          parent_id: int | None = None, recipe: dict | None = None) -> VersionInfo:
+          progress: Callable[[int, int, str], None] | None, message: str | None = None) -> VersionInfo:
+    """Plan a recipe from references and parameters, then make it (or find it made)."""
     check_name(name)
+    with Session(reg.engine) as session:
+        recipe, _, _ = plan_merge(
+            reg, session, base=base, adapters=adapters, method=method, density=density,
+            majority_sign_method=majority_sign_method, seed=seed, dtype=dtype, adapter_dtype=adapter_dtype,
+            output=output, rank=rank, max_shard_size=max_shard_size, allow_base_mismatch=allow_base_mismatch)
+    return merge_recipe(reg, recipe, name=name, keep=keep, message=message, progress=progress)
+
+
+def merge_recipe(reg: "Registry", recipe: dict, *, name: str, keep: str, message: str | None,
+                 progress: Callable[[int, int, str], None] | None, parent_id: int | None = None) -> VersionInfo:
+    """Make ``recipe`` the next version of ``name``.  Without a parent, an identical recipe
+    already under ``name`` is returned as it is; a rollback (with a parent) always records a
+    new version, whose digest then equals that earlier one's."""
     if keep not in KEEP:
         raise MergeError(f"unknown --keep {keep!r}", hint="use --keep files or --keep recipe")
+    digest = recipes.recipe_digest(recipe)
     with Session(reg.engine) as session:
         artifact = session.get(m.Artifact, name)
         if artifact is not None and artifact.kind != "merge":
             raise LoraregError(f"the name {name!r} already belongs to a {artifact.kind}", hint="pick another --name")
-        if recipe is None:
-            recipe, _, _ = plan_merge(
-                reg, session, base=base, adapters=adapters, method=method, density=density,
-                majority_sign_method=majority_sign_method, seed=seed, dtype=dtype, adapter_dtype=adapter_dtype,
-                output=output, rank=rank, max_shard_size=max_shard_size, allow_base_mismatch=allow_base_mismatch)
-        digest = recipes.recipe_digest(recipe)
         found = session.exec(select(m.Version).join(m.Merge, m.Merge.version_id == m.Version.id)
                              .where(m.Version.name == name, m.Merge.recipe_digest == digest)).first()
         if found is not None and parent_id is None:
             return catalog.to_info(session, reg.home, found, existed=True)
-        next_version = (max((v.version for v in session.exec(select(m.Version).where(m.Version.name == name)).all()),
-                            default=0) + 1)
-    produced = run_recipe(reg, recipe, card=render_card(reg, recipe, name=name, version=next_version),
-                          recipe_digest=digest, progress=progress)
+        latest = session.exec(select(func.max(m.Version.version)).where(m.Version.name == name)).one()
+    card = render_card(reg, recipe, name=name, version=(latest or 0) + 1)
+    produced = run_recipe(reg, recipe, card=card, recipe_digest=digest, progress=progress)
     try:
         return register_output(reg, produced, recipe=recipe, recipe_digest=digest, name=name, keep=keep,
                                message=message, parent_id=parent_id)

@@ -51,30 +51,24 @@ def add_from_hub(reg: "Registry", *, uri: str, kind: str, base: str | None, name
 def _card_for(reg: "Registry", info: VersionInfo, *, adapter_only: bool) -> str:
     from lorareg import __version__
     from lorareg.registry.card import render_card
+    from lorareg.registry.merging import render_card as merge_card
+    from lorareg.registry.merging import source_of, stored_recipe
 
-    recipe = dict(info.details.get("recipe") or {})
+    if info.kind == "merge":
+        with Session(reg.engine) as session:
+            recipe = stored_recipe(session, catalog.resolve(session, info.ref))
+        return merge_card(reg, recipe, name=info.name, version=info.version, output_digest=info.digest)
     inputs: list[dict] = []
+    recipe: dict = {}
     base_model = None
-    if recipe:
-        base = reg.get(recipe["base"]["ref"])
-        base_model = base.details.get("hub_repo")
-        inputs = [{"role": "base", **recipe["base"], "source": _source(base)}] + [
-            {"role": "adapter", **a, "source": _source(reg.get(a["ref"]))} for a in recipe["adapters"]]
-    elif info.kind == "adapter":
+    if info.kind == "adapter":
         base = reg.get(info.details["base"])
         base_model = base.details.get("hub_repo")
-        inputs = [{"role": "base", "ref": base.ref, "digest": base.digest, "source": _source(base)}]
+        inputs = [{"role": "base", "ref": base.ref, "digest": base.digest, "source": source_of(base)}]
         recipe = {"adapter": info.ref, "r": info.details.get("r"), "lora_alpha": info.details.get("lora_alpha")}
-    kind = "adapter" if adapter_only or info.kind == "adapter" or recipe.get("output") in ("cat", "svd") else "merge"
-    return render_card(kind=kind, name=info.name, version=info.version, base_model=base_model, recipe=recipe,
-                       inputs=inputs, output_digest=info.digest, lorareg_version=__version__)
-
-
-def _source(info: VersionInfo) -> str:
-    d = info.details
-    if d.get("hub_repo"):
-        return f"hf://{d['hub_repo']}@{d.get('hub_commit') or d.get('hub_revision')}"
-    return str(d.get("source_path") or "lorareg store")
+    return render_card(kind="adapter" if adapter_only or info.kind == "adapter" else "merge", name=info.name,
+                       version=info.version, base_model=base_model, recipe=recipe, inputs=inputs,
+                       output_digest=info.digest, lorareg_version=__version__)
 
 
 def push(reg: "Registry", *, ref: str, repo_id: str, tag: str | None, branch: str | None, private: bool,

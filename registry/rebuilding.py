@@ -43,7 +43,7 @@ def produce(reg: "Registry", row: m.Version, recipe: dict, *, progress=None) -> 
     if recipe.get("derived", {}).get("strategy") == "subtract":
         from lorareg.registry.rollback import run_subtract
 
-        return run_subtract(reg, recipe, progress=progress)
+        return run_subtract(reg, recipe, name=row.name, version=row.version, progress=progress)
     card = render_card(reg, recipe, name=row.name, version=row.version)
     return run_recipe(reg, recipe, card=card, recipe_digest=recipes.recipe_digest(recipe), progress=progress)
 

@@ -7,18 +7,18 @@ merges only; its recipe records where it came from so it, too, can be rebuilt.""
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from sqlmodel import Session
+from sqlalchemy import func
+from sqlmodel import Session, select
 
 from lorareg.errors import LoraregError, MergeError, NotFoundError
 from lorareg.registry import catalog, recipes
 from lorareg.registry import models as m
-from lorareg.registry.merging import Produced, discard, merge, register_output, render_card, stored_recipe
+from lorareg.registry.merging import Produced, discard, merge_recipe, register_output, render_card, stored_recipe
 from lorareg.registry.results import AliasInfo, VersionInfo
 
 if TYPE_CHECKING:
@@ -53,10 +53,8 @@ def rollback_adapter(reg: "Registry", *, ref: str, adapter: str, strategy: str, 
     remaining.pop("derived", None)
     msg = message or f"rollback: removed {removed['ref']}"
     if strategy == "rebuild":
-        return merge(reg, base="", adapters=(), name=row.name, method=recipe["method"], density=None,
-                     majority_sign_method="", seed=None, dtype="", adapter_dtype="", output="model", rank=None,
-                     keep="files", allow_base_mismatch=False, max_shard_size=0, progress=progress, message=msg,
-                     parent_id=row.id, recipe=remaining)
+        return merge_recipe(reg, remaining, name=row.name, keep="files", message=msg, progress=progress,
+                            parent_id=row.id)
     return _subtract(reg, row=row, recipe=recipe, remaining=remaining, removed=removed, message=msg, progress=progress)
 
 
@@ -76,7 +74,9 @@ def _subtract(reg, *, row, recipe, remaining, removed, message, progress) -> Ver
     derived = {"strategy": "subtract", "from": {"ref": f"{row.name}@{row.version}", "digest": row.digest},
                "removed": removed}
     new_recipe = {**remaining, "derived": derived}
-    produced = run_subtract(reg, new_recipe, progress=progress)
+    with Session(reg.engine) as session:
+        latest = session.exec(select(func.max(m.Version.version)).where(m.Version.name == row.name)).one()
+    produced = run_subtract(reg, new_recipe, name=row.name, version=latest + 1, progress=progress)
     try:
         deviation = measure_deviation(reg, remaining, produced, source=reg.get(f"{row.name}@{row.version}").path)
         produced = Produced(produced.path, produced.digest, produced.files, produced.notes,
@@ -87,7 +87,7 @@ def _subtract(reg, *, row, recipe, remaining, removed, message, progress) -> Ver
         discard(produced)
 
 
-def run_subtract(reg: "Registry", recipe: dict, *, progress=None) -> Produced:
+def run_subtract(reg: "Registry", recipe: dict, *, name: str, version: int, progress=None) -> Produced:
     """W_merged + (-w) * dW: the engine's own linear path, with the merged version as its base."""
     from lorareg.merge import AdapterInput, MergePlan
     from lorareg.merge import merge as engine_merge
@@ -102,7 +102,7 @@ def run_subtract(reg: "Registry", recipe: dict, *, progress=None) -> Produced:
         plan = MergePlan(base=src.path, adapters=(AdapterInput(adapter_path, -float(removed["weight"])),),
                          method="linear", seed=0, dtype=recipe["dtype"], adapter_dtype=recipe["adapter_dtype"],
                          max_shard_size=recipe["max_shard_size"])
-        card = render_card(reg, recipe, name=src.name, version=0)
+        card = render_card(reg, recipe, name=name, version=version)
         res = engine_merge(plan, work / "out", recipe_digest=recipes.recipe_digest(recipe), model_card=card,
                            progress=progress)
         return Produced(res.path, res.digest, dict(res.files), tuple(res.notes), {})
