@@ -27,17 +27,11 @@ def cli(ctx: click.Context, home: str | None, database_url: str | None, blobs: s
 
 
 def _register() -> None:
-    from lorareg.cli import cmd_merge, cmd_registry
+    from lorareg.cli import cmd_hub, cmd_merge, cmd_registry
 
-    for module in (cmd_registry, cmd_merge):
+    for module in (cmd_registry, cmd_merge, cmd_hub):
         for command in module.COMMANDS:
             cli.add_command(command)
-    try:
-        from lorareg.cli import cmd_hub
-    except ImportError:  # pragma: no cover
-        return
-    for command in cmd_hub.COMMANDS:
-        cli.add_command(command)
 
 
 _register()

@@ -63,24 +63,25 @@ def _copy_out(info: VersionInfo, src: Path, dest: Path) -> None:
         raise
 
 
-def evict(reg: "Registry", session: Session, row: m.Version) -> bool:
+def _check_evictable(row: m.Version) -> None:
     if row.kind != "merge":
         raise LoraregError(f"{row.name}@{row.version} is a {row.kind}; only merges can be kept as recipe only",
                            hint="lorareg ls merges")
-    if not row.stored:
-        return False
+
+
+def evict(reg: "Registry", session: Session, row: m.Version) -> None:
     row.stored = False
     session.add(row)
     catalog.record_event(session, "evict", ref=f"{row.name}@{row.version}", version_id=row.id)
     shutil.rmtree(reg.home.version_dir(row.name, row.version), ignore_errors=True)
-    return True
 
 
-def referenced_blobs(session: Session) -> set[str]:
-    rows = session.exec(select(m.FileRow.sha256).join(m.Version, m.Version.id == m.FileRow.version_id)
-                        .where(m.Version.stored == True)).all()  # noqa: E712
+def referenced_blobs(session: Session, *, without: set[int] = frozenset()) -> set[str]:
+    """Blobs a stored version (other than those in ``without``) or a tensor manifest needs."""
+    files = session.exec(select(m.FileRow.sha256).join(m.Version, m.Version.id == m.FileRow.version_id)
+                         .where(m.Version.stored == True, m.Version.id.not_in(without))).all()  # noqa: E712
     manifests = session.exec(select(m.Version.manifest_sha256).where(m.Version.manifest_sha256 != None)).all()  # noqa: E711
-    return set(rows) | {x for x in manifests if x}
+    return set(files) | set(manifests)
 
 
 def gc(reg: "Registry", *, evict_refs: tuple[str, ...] = (), merges_older_than_days: float | None = None,
@@ -107,34 +108,27 @@ def _remove_stale_link_folders(versions: Path, max_age_s: float = 3600) -> None:
 
 def _gc(reg: "Registry", *, evict_refs: tuple[str, ...], merges_older_than_days: float | None,
         dry_run: bool) -> GcResult:
-    evicted: list[str] = []
     with Session(reg.engine) as session:
-        rows = [catalog.resolve(session, r) for r in evict_refs]
+        rows = {r.id: r for r in (catalog.resolve(session, ref) for ref in evict_refs)}
         if merges_older_than_days is not None:
             cutoff = m.utcnow() - timedelta(days=merges_older_than_days)
             protected = {a.version_id for a in session.exec(select(m.Alias)).all()}
             for v in session.exec(select(m.Version).where(m.Version.kind == "merge", m.Version.stored == True)).all():  # noqa: E712
                 created = v.created_at if v.created_at.tzinfo else v.created_at.replace(tzinfo=cutoff.tzinfo)
                 if created < cutoff and v.id not in protected:
-                    rows.append(v)
-        for row in rows:
-            if dry_run:
-                evicted.append(f"{row.name}@{row.version}") if row.stored else None
-            elif evict(reg, session, row):
-                evicted.append(f"{row.name}@{row.version}")
-        if dry_run:
-            keep = referenced_blobs(session)
-            gone = {catalog.resolve(session, r).id for r in evicted}
-            keep -= set(session.exec(select(m.FileRow.sha256).where(m.FileRow.version_id.in_(gone))).all()) - {
-                f for f in session.exec(select(m.FileRow.sha256).join(m.Version, m.Version.id == m.FileRow.version_id)
-                                        .where(m.Version.stored == True, m.Version.id.not_in(gone))).all()}  # noqa: E712
-        else:
-            session.commit()
-            keep = referenced_blobs(session)
-        report = reg.blobs.gc(keep, dry_run=dry_run)
+                    rows[v.id] = v
+        for row in rows.values():
+            _check_evictable(row)
+        to_evict = [r for r in rows.values() if r.stored]
+        evicted = tuple(f"{r.name}@{r.version}" for r in to_evict)
         if not dry_run:
-            catalog.record_event(session, "gc", ref="*", evicted=evicted, blobs_removed=len(report.removed),
+            for row in to_evict:
+                evict(reg, session, row)
+            session.commit()
+        report = reg.blobs.gc(referenced_blobs(session, without={r.id for r in to_evict}), dry_run=dry_run)
+        if not dry_run:
+            catalog.record_event(session, "gc", ref="*", evicted=list(evicted), blobs_removed=len(report.removed),
                                  bytes_freed=report.bytes_freed)
             session.commit()
     return GcResult(blobs_removed=len(report.removed), bytes_freed=report.bytes_freed,
-                    temp_files_removed=report.temp_files_removed, evicted=tuple(evicted))
+                    temp_files_removed=report.temp_files_removed, evicted=evicted)

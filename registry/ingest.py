@@ -4,6 +4,7 @@ adapter, safetensors or pickle; and reading the facts `show` prints."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,9 +115,7 @@ def describe_base(folder: Path, tensors: Any) -> dict[str, Any]:
     counts: dict[str, int] = {}
     params = 0
     for t in tensors:
-        n = 1
-        for d in t.shape:
-            n *= d
+        n = math.prod(t.shape)
         params += n
         counts[t.dtype] = counts.get(t.dtype, 0) + n
     dtype = max(counts, key=counts.get) if counts else ""

@@ -44,15 +44,14 @@ def parse_adapter_args(adapters: Sequence[str | tuple[str, float]]) -> list[tupl
     for a in adapters:
         if isinstance(a, tuple):
             ref, weight = a
+        elif ":" not in a:
+            ref, weight = a, 1.0
         else:
-            ref, sep, w = a.rpartition(":") if ":" in a else (a, "", "")
-            if not sep:
-                ref, weight = a, 1.0
-            else:
-                try:
-                    weight = float(w)
-                except ValueError:
-                    raise MergeError(f"bad adapter weight in {a!r}", hint="write ADAPTER:WEIGHT, e.g. chat@2:0.5") from None
+            ref, _, w = a.rpartition(":")
+            try:
+                weight = float(w)
+            except ValueError:
+                raise MergeError(f"bad adapter weight in {a!r}", hint="write ADAPTER:WEIGHT, e.g. chat@2:0.5") from None
         out.append((ref, float(weight)))
     if not out:
         raise MergeError("no adapters given", hint="lorareg merge BASE ADAPTER[:WEIGHT]... --name NAME")

@@ -56,8 +56,9 @@ def rebuild(reg: "Registry", *, ref: str, keep_files: bool = False,
     produced = produce(reg, row, recipe, progress=progress)
     try:
         ref_s = f"{row.name}@{row.version}"
-        changes = {k: {"recorded": v, "running": recipes.library_versions().get(k)}
-                   for k, v in recipe.get("versions", {}).items() if recipes.library_versions().get(k) != v}
+        running = recipes.library_versions()
+        changes = {k: {"recorded": v, "running": running.get(k)}
+                   for k, v in recipe.get("versions", {}).items() if running.get(k) != v}
         if produced.digest != row.digest:
             diffs = tensor_diffs(reg, row, produced.path)
             with Session(reg.engine) as session:

@@ -34,3 +34,16 @@ def test_gc_removes_stale_link_folders_and_reports_bytes(reg, llama):
     res = reg.gc()
     assert not stale.exists() and info.path.exists()
     assert res.blobs_removed == 0 and res.bytes_freed == 0
+
+
+def test_gc_dry_run_reports_what_a_real_run_frees(reg, llama, llama_lora):
+    reg.add_base(path=llama, name="llama")
+    reg.add_adapter(path=llama_lora, base="llama", name="chat")
+    merged = reg.merge(base="llama", adapters=["chat"], name="m")
+    dry = reg.gc(evict=[merged.ref], dry_run=True)
+    assert dry.evicted == (merged.ref,) and dry.bytes_freed > 0
+    assert reg.get(merged.ref).stored  # nothing changed
+    real = reg.gc(evict=[merged.ref])
+    assert (real.evicted, real.bytes_freed, real.blobs_removed) == (dry.evicted, dry.bytes_freed, dry.blobs_removed)
+    assert not reg.get(merged.ref).stored
+    assert reg.gc(evict=[merged.ref]).evicted == ()  # already recipe only
