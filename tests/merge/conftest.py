@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from factories import make_lora
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -47,3 +49,19 @@ def merge_models(tmp_path_factory):
         return cache[kind, dtype]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def llama_bf16(merge_models):
+    return merge_models("llama", "bfloat16")
+
+
+@pytest.fixture(scope="session")
+def lora_a(llama_bf16, tmp_path_factory):
+    return make_lora(llama_bf16, tmp_path_factory.mktemp("a") / "a", seed=1)
+
+
+@pytest.fixture(scope="session")
+def lora_b(llama_bf16, tmp_path_factory):
+    return make_lora(llama_bf16, tmp_path_factory.mktemp("b") / "b", seed=2, r=2, lora_alpha=4,
+                     target_modules=["q_proj", "v_proj", "down_proj"])

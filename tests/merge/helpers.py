@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from lorareg.merge import AdapterInput, MergePlan
+
 
 def auto_class(folder: Path):
     import factories
@@ -63,3 +65,8 @@ def forward(model, input_ids: torch.Tensor = INPUT_IDS) -> torch.Tensor:
     with torch.no_grad():
         out = model(input_ids=input_ids)
     return (out.logits if hasattr(out, "logits") else out.last_hidden_state).float()
+
+
+def plan(base, *adapters, **kwargs) -> MergePlan:
+    items = tuple(a if isinstance(a, AdapterInput) else AdapterInput(a) for a in adapters)
+    return MergePlan(base=base, adapters=items, **kwargs)
