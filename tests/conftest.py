@@ -84,3 +84,27 @@ def snapshot_state(home: Path) -> dict:
         out["rows"] = {t: con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables if t != "events"}
         con.close()
     return out
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A running server; HF_ENDPOINT points at it, no token is found unless a test sets one."""
+    from huggingface_hub import constants
+
+    from hub_server import HubServer
+
+    # huggingface_hub read these at import time; patch the constants as well as the env.
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")  # hf-xet would ask the server for a xet token
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
+    # Whatever ignores HF_ENDPOINT and falls back to the import-time endpoint fails loudly.
+    dead = "http://127.0.0.1:9"
+    monkeypatch.setattr(constants, "ENDPOINT", dead)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        yield server

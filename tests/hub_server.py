@@ -8,8 +8,7 @@ token whose user owns the namespace, like on the real Hub.
 
 ``HubServer.fail(...)`` injects faults (a failed commit call, a failed Nth LFS upload) so
 tests can interrupt a push half way and check that a rerun completes it.  The ``hub``
-fixture runs one server per test and points HF_ENDPOINT at it; import it into a test
-module (``from hub_server import hub``) to use it.
+fixture (tests/conftest.py) runs one server per test and points HF_ENDPOINT at it.
 """
 
 from __future__ import annotations
@@ -20,134 +19,11 @@ import hashlib
 import json
 import secrets
 import threading
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import pytest
-
-ALICE, BOB = "hf_alice_token_for_tests_0123456789", "hf_bob_token_for_tests_0123456789"
-TOKENS = {ALICE: "alice", BOB: "bob"}
-ORGS = {"alice": ("acme",)}
-
-# The Hub seeds every new repo with this file; LFS-tracked patterns decide the upload mode.
-GITATTRIBUTES = "".join(
-    f"{p} filter=lfs diff=lfs merge=lfs -text\n"
-    for p in ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.onnx", "*.model", "*.gguf")
-).encode()
-LFS_THRESHOLD = 10 * 1024 * 1024
-
-
-def git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def _lfs_pointer(sha256: str, size: int) -> bytes:
-    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    sha256: str
-    size: int
-    lfs: bool
-    blob_id: str  # git blob sha1 of the content, or of the LFS pointer
-
-
-@dataclass
-class Commit:
-    sha: str
-    parent: str | None
-    files: dict[str, StoredFile]
-    title: str
-    message: str
-    author: str
-    date: str
-
-
-@dataclass
-class Repo:
-    repo_id: str
-    private: bool
-    commits: dict[str, Commit] = field(default_factory=dict)
-    branches: dict[str, str] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    lfs_oids: set[str] = field(default_factory=set)
-
-    def resolve(self, rev: str) -> str | None:
-        if rev in self.branches:
-            return self.branches[rev]
-        if rev in self.tags:
-            return self.tags[rev]
-        if len(rev) >= 7 and all(c in "0123456789abcdef" for c in rev):
-            hits = [sha for sha in self.commits if sha.startswith(rev)]
-            if len(hits) == 1:
-                return hits[0]
-        return None
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    status: int
-    user: str | None
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str, *, code: str | None = None, commit: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.code, self.commit = status, message, code, commit
-
-
-class HubState:
-    """Everything the server knows, behind one lock."""
-
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self.blobs: dict[str, bytes] = {}
-        self.repos: dict[str, Repo] = {}
-        self.uploads: dict[str, tuple[str, str, int]] = {}  # nonce -> (repo_id, oid, size)
-        self.requests: list[Request] = []
-        self.faults: dict[str, dict] = {}
-        self._counter = 0
-
-    def store(self, data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
-        self.blobs[digest] = data
-        return digest
-
-    def new_commit(self, repo: Repo, *, parent: str | None, files: dict[str, StoredFile], title: str,
-                   message: str, author: str) -> Commit:
-        self._counter += 1
-        seed = json.dumps([parent, sorted((p, f.sha256) for p, f in files.items()), title, self._counter])
-        commit = Commit(hashlib.sha1(seed.encode()).hexdigest(), parent, files, title, message, author, _now())
-        repo.commits[commit.sha] = commit
-        return commit
-
-    def stored_file(self, data: bytes, *, lfs: bool) -> StoredFile:
-        sha = self.store(data)
-        blob = git_blob_sha1(_lfs_pointer(sha, len(data)) if lfs else data)
-        return StoredFile(sha, len(data), lfs, blob)
-
-    def trip(self, op: str) -> int | None:
-        """Status to fail `op` with, if an injected fault says so."""
-        fault = self.faults.get(op)
-        if fault is None:
-            return None
-        if fault["skip"] > 0:
-            fault["skip"] -= 1
-            return None
-        fault["times"] -= 1
-        if fault["times"] <= 0:
-            del self.faults[op]
-        return fault["status"]
-
+from hub_state import (GITATTRIBUTES, LFS_THRESHOLD, ORGS, TOKENS, Commit, HttpError, HubState, Repo, Request,
+                       lfs_pointer)
 
 class _Handler(BaseHTTPRequestHandler):
     # HTTP/1.0: one request per connection, so a stopped server really stops answering
@@ -439,7 +315,7 @@ class _Handler(BaseHTTPRequestHandler):
             if recursive or len(parts) == 1:
                 entry = {"type": "file", "path": path, "size": f.size, "oid": f.blob_id}
                 if f.lfs:
-                    pointer = _lfs_pointer(f.sha256, f.size)
+                    pointer = lfs_pointer(f.sha256, f.size)
                     entry["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": len(pointer)}
                 entries[path] = entry
         if under and not entries:
@@ -527,25 +403,3 @@ class HubServer:
             sha = repo.resolve(rev)
             assert sha is not None, f"{rev} not in {repo_id}"
             return {p: self.state.blobs[f.sha256] for p, f in repo.commits[sha].files.items()}
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """A running server; HF_ENDPOINT points at it, no token is found unless a test sets one."""
-    from huggingface_hub import constants
-
-    # huggingface_hub read these at import time; patch the constants as well as the env.
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")  # hf-xet would ask the server for a xet token
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
-    # Whatever ignores HF_ENDPOINT and falls back to the import-time endpoint fails loudly.
-    dead = "http://127.0.0.1:9"
-    monkeypatch.setattr(constants, "ENDPOINT", dead)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
-    with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        yield server

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from hub_server import ALICE, hub  # noqa: F401  (hub is the fixture)
+from hub_state import ALICE
 from lorareg.cli.main import cli
 
 
