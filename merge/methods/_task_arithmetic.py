@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from lorareg.merge.methods.base import MergeMethod, check_inputs
+from lorareg.merge.methods.base import MergeMethod
 
 if TYPE_CHECKING:
     import torch
@@ -122,17 +122,8 @@ class TaskArithmeticMethod(MergeMethod):
     prune: ClassVar[Literal["magnitude", "random"]]
     rescale: ClassVar[bool] = False
 
-    def combine(
-        self,
-        deltas: Sequence[Tensor],
-        weights: Sequence[float],
-        *,
-        density: float | None,
-        majority_sign_method: str,
-        generator: torch.Generator,
-    ) -> Tensor:
-        floats = check_inputs(self.name, deltas, weights)
-        self.validate(density=density, majority_sign_method=majority_sign_method, n_adapters=len(deltas))
+    def _combine(self, deltas: Sequence[Tensor], floats: list[float], *, density: float | None,
+                 majority_sign_method: str, generator: torch.Generator) -> Tensor:
         return generalized_task_arithmetic(
             deltas,
             floats,

@@ -30,7 +30,6 @@ class MergeMethod(ABC):
     # Rollback by subtracting one adapter's delta is exact (up to rounding) only for linear.
     supports_subtract: ClassVar[bool] = False
 
-    @abstractmethod
     def combine(
         self,
         deltas: Sequence[Tensor],
@@ -40,7 +39,17 @@ class MergeMethod(ABC):
         majority_sign_method: str,
         generator: torch.Generator,
     ) -> Tensor:
-        """Return the combined float32 delta of one base tensor."""
+        """Return the combined float32 delta of one base tensor (inputs checked here, once
+        for every method)."""
+        floats = check_inputs(self.name, deltas, weights)
+        self.validate(density=density, majority_sign_method=majority_sign_method, n_adapters=len(deltas))
+        return self._combine(deltas, floats, density=density, majority_sign_method=majority_sign_method,
+                             generator=generator)
+
+    @abstractmethod
+    def _combine(self, deltas: Sequence[Tensor], weights: list[float], *, density: float | None,
+                 majority_sign_method: str, generator: torch.Generator) -> Tensor:
+        """The method itself, on checked inputs (``weights`` are Python floats)."""
 
     def validate(self, *, density: float | None, majority_sign_method: str, n_adapters: int) -> None:
         """Raise MergeError if these parameters cannot drive this method."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from lorareg.merge.methods.base import MergeMethod, check_inputs
+from lorareg.merge.methods.base import MergeMethod
 
 if TYPE_CHECKING:
     import torch
@@ -18,19 +18,10 @@ class Linear(MergeMethod):
     random = False
     supports_subtract = True
 
-    def combine(
-        self,
-        deltas: Sequence[Tensor],
-        weights: Sequence[float],
-        *,
-        density: float | None,
-        majority_sign_method: str,
-        generator: torch.Generator,
-    ) -> Tensor:
+    def _combine(self, deltas: Sequence[Tensor], floats: list[float], *, density: float | None,
+                 majority_sign_method: str, generator: torch.Generator) -> Tensor:
         import torch
 
-        floats = check_inputs(self.name, deltas, weights)
-        self.validate(density=density, majority_sign_method=majority_sign_method, n_adapters=len(deltas))
         if len(deltas) == 1 and floats[0] == 1.0:
             # A single adapter at weight 1 must merge bit-identically to PEFT's merge_and_unload,
             # which never multiplies the delta by 1.
