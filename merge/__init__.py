@@ -2,7 +2,18 @@
 
 from lorareg.merge.adapter import check_adapter_fits, inspect_adapter
 from lorareg.merge.engine import merge
+from lorareg.merge.methods import METHODS, Param, get_method
 from lorareg.merge.output import MergeOutput
 from lorareg.merge.plan import AdapterInput, MergePlan
 
-__all__ = ["AdapterInput", "MergeOutput", "MergePlan", "check_adapter_fits", "inspect_adapter", "merge"]
+__all__ = [
+    "METHODS",
+    "AdapterInput",
+    "MergeOutput",
+    "MergePlan",
+    "Param",
+    "check_adapter_fits",
+    "get_method",
+    "inspect_adapter",
+    "merge",
+]

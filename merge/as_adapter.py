@@ -155,8 +155,7 @@ def _combined_delta(parts: list[tuple[Any, float]]) -> torch.Tensor:
     for m, _ in parts:
         d = m.delta("float32")
         deltas.append(d if m.kind == "linear" else d.T)  # conv1d and embedding deltas are stored transposed
-    return get_method("linear").combine(deltas, [w for _, w in parts], density=None,
-                                        majority_sign_method="total", generator=torch.Generator())
+    return get_method("linear").combine(deltas, [w for _, w in parts], params={}, generator=torch.Generator())
 
 
 def _rel_error(d: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> float:

@@ -19,12 +19,13 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lorareg.errors import MergeError, UnsupportedFeatureError
 from lorareg.merge.adapter import check_layout, inspect_adapter, layout_adapter, load_adapter
 from lorareg.merge import delta as d
 from lorareg.merge.arch import tied_pair
+from lorareg.merge.methods import MergeMethod, get_method
 from lorareg.merge.ops import Op, build_ops, main_kind, module_kind
 from lorareg.merge.pipeline import Slot, WritePipeline
 from lorareg.merge.output import MergeOutput, copy_side_files, default_model_card, hash_files, write_config
@@ -67,8 +68,9 @@ def _model_dtype(plan: MergePlan, ckpt: Checkpoint) -> str:
 class _Applier:
     """Applies one output tensor's operations, in the output dtype."""
 
-    def __init__(self, plan: MergePlan, adapters: list, method, notes: list[str]) -> None:
-        self.plan, self.adapters, self.method, self.notes = plan, adapters, method, notes
+    def __init__(self, plan: MergePlan, adapters: list, method: MergeMethod, params: dict[str, Any],
+                 notes: list[str]) -> None:
+        self.plan, self.adapters, self.method, self.params, self.notes = plan, adapters, method, params, notes
         self.weights = [float(a.weight) for a in plan.adapters]
         # One float32 buffer per adapter slot, as large as the largest delta, reused for every
         # tensor: a fresh full-size delta per weight makes glibc grow the heap (measured 5-6x
@@ -155,8 +157,7 @@ class _Applier:
             embedding = module_kind(main) == "embedding"
         generator = torch.Generator().manual_seed(tensor_seed(self.plan.seed, name))
         combined = self.method.combine(
-            deltas, [self.weights[o.adapter] for o in main], density=self.plan.density,
-            majority_sign_method=self.plan.majority_sign_method, generator=generator,
+            deltas, [self.weights[o.adapter] for o in main], params=self.params, generator=generator,
         )
         return combined, embedding
 
@@ -257,15 +258,11 @@ def merge(
 
     Written into a temp sibling and renamed at the end, so ``out_dir`` is complete or absent.
     """
-    from lorareg.merge.methods import get_method
-
-    validate_plan(plan)
+    params = validate_plan(plan)
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise MergeError(f"{out_dir}: already exists", hint="choose a new output folder, or remove that one")
     method = get_method(plan.method)
-    method.validate(density=plan.density, majority_sign_method=plan.majority_sign_method,
-                    n_adapters=len(plan.adapters))
     ckpt = open_checkpoint(plan.base)
     pair = tied_pair(ckpt.config, ckpt.tensors)
     adapters = _load_adapters(plan, ckpt, pair)
@@ -292,7 +289,7 @@ def merge(
     try:
         metadata = {"format": "pt", "lorareg_recipe": recipe_digest}
         writer = ShardWriter(tmp, shards, metadata=metadata)
-        applier = _Applier(plan, adapters, method, notes)
+        applier = _Applier(plan, adapters, method, params, notes)
         ops_of = {o.name: work.ops.get(o.name) for o, _ in sources}
         piecewise = {o.name for o, t in sources if (not ops_of[o.name] and o.dtype == t.dtype)
                      or _rows_streamable(ops_of[o.name], o, t)}

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 from lorareg.errors import MergeError
+from lorareg.merge.methods import get_method
 
 __all__ = ["ADAPTER_DTYPES", "DTYPES", "AdapterInput", "MergePlan", "tensor_seed", "validate_plan"]
 
@@ -30,12 +34,30 @@ class MergePlan:
     base: Path
     adapters: tuple[AdapterInput, ...]
     method: str = "linear"
-    density: float | None = None
-    majority_sign_method: str = "total"
+    # The method's parameters by name (e.g. {"density": 0.5}), as the method declares them.
+    # Held as a read-only view of a private copy: the caller's dict can change afterwards and
+    # the plan cannot, while ``plan.params`` stays a Mapping (a sorted tuple of pairs would
+    # not).  Left out of the hash (a mapping is not hashable); equality still compares it.
+    params: Mapping[str, Any] = field(default_factory=dict, hash=False)
     seed: int = 0
     dtype: str = "auto"  # auto|bfloat16|float16|float32
     adapter_dtype: str = "float32"  # float32|base
     max_shard_size: int = 5 * 2**30
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.params, Mapping):
+            raise MergeError(f"params must be a mapping of names to values, got {self.params!r}",
+                             hint="pass e.g. params={'density': 0.5}")
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+
+    # A mappingproxy cannot be pickled or deep-copied; its plain copy can, and comes back frozen.
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "params": dict(self.params)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            object.__setattr__(self, key, value)
+        object.__setattr__(self, "params", MappingProxyType(dict(state["params"])))
 
 
 def tensor_seed(seed: int, name: str) -> int:
@@ -44,8 +66,11 @@ def tensor_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
-def validate_plan(plan: MergePlan) -> None:
-    """Raise MergeError for a plan that cannot be carried out, before any bytes are read."""
+def validate_plan(plan: MergePlan) -> dict[str, Any]:
+    """Raise MergeError for a plan that cannot be carried out, before any bytes are read.
+
+    Returns the method's parameters resolved (defaults filled in), as ``combine`` takes them.
+    """
     if not plan.adapters:
         raise MergeError("the merge plan has no adapters", hint="pass at least one adapter")
     if plan.dtype not in DTYPES:
@@ -65,3 +90,4 @@ def validate_plan(plan: MergePlan) -> None:
         w = a.weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
             raise MergeError(f"adapter {a.path}: weight must be a finite number, got {w!r}", hint="pass e.g. 0.5")
+    return get_method(plan.method).resolve_params(plan.params, n_adapters=len(plan.adapters))

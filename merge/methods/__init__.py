@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from lorareg.errors import MergeError
-from lorareg.merge.methods.base import MergeMethod
-from lorareg.merge.methods.dare_linear import DareLinear
-from lorareg.merge.methods.dare_ties import DareTies
-from lorareg.merge.methods.linear import Linear
-from lorareg.merge.methods.magnitude_prune import MagnitudePrune
-from lorareg.merge.methods.ties import Ties
+from lorareg.merge.methods.base import MergeMethod, Param
+from lorareg.merge.methods.dare_linear import DARE_LINEAR
+from lorareg.merge.methods.dare_ties import DARE_TIES
+from lorareg.merge.methods.linear import LINEAR
+from lorareg.merge.methods.magnitude_prune import MAGNITUDE_PRUNE
+from lorareg.merge.methods.task_arithmetic import TaskArithmetic
+from lorareg.merge.methods.ties import TIES
 
 METHODS: dict[str, MergeMethod] = {
-    method.name: method for method in (Linear(), Ties(), DareLinear(), DareTies(), MagnitudePrune())
+    method.name: method for method in (LINEAR, TIES, DARE_LINEAR, DARE_TIES, MAGNITUDE_PRUNE)
 }
 
 
@@ -26,4 +27,4 @@ def get_method(name: str) -> MergeMethod:
         ) from None
 
 
-__all__ = ["METHODS", "MergeMethod", "get_method"]
+__all__ = ["METHODS", "MergeMethod", "Param", "TaskArithmetic", "get_method"]

@@ -6,12 +6,12 @@ drawn from the passed generator instead of the global RNG."""
 
 from __future__ import annotations
 
-from lorareg.merge.methods._task_arithmetic import TaskArithmeticMethod
+from lorareg.merge.methods.task_arithmetic import TaskArithmetic
 
-
-class DareLinear(TaskArithmeticMethod):
-    name = "dare_linear"
-    prune = "random"
-    rescale = True
-    uses_sign = False
-    random = True
+DARE_LINEAR = TaskArithmetic(
+    name="dare_linear",
+    summary="keep random entries, rescale by 1/density, weighted sum (DARE; uses the seed)",
+    prune="random",
+    rescale=True,
+    elect_sign=False,
+)

@@ -6,12 +6,12 @@ drawn from the passed generator instead of the global RNG."""
 
 from __future__ import annotations
 
-from lorareg.merge.methods._task_arithmetic import TaskArithmeticMethod
+from lorareg.merge.methods.task_arithmetic import TaskArithmetic
 
-
-class DareTies(TaskArithmeticMethod):
-    name = "dare_ties"
-    prune = "random"
-    rescale = True
-    uses_sign = True
-    random = True
+DARE_TIES = TaskArithmetic(
+    name="dare_ties",
+    summary="keep random entries, rescale by 1/density, then elect signs as ties does (uses the seed)",
+    prune="random",
+    rescale=True,
+    elect_sign=True,
+)

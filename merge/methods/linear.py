@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lorareg.merge.methods.base import MergeMethod
 
@@ -14,12 +14,13 @@ if TYPE_CHECKING:
 
 class Linear(MergeMethod):
     name = "linear"
-    uses_density = False
+    summary = "weighted sum of the deltas, exact (a single adapter at weight 1 is PEFT's merge)"
+    params = ()
     random = False
     supports_subtract = True
 
-    def _combine(self, deltas: Sequence[Tensor], floats: list[float], *, density: float | None,
-                 majority_sign_method: str, generator: torch.Generator) -> Tensor:
+    def _combine(self, deltas: Sequence[Tensor], floats: list[float], *, params: dict[str, Any],
+                 generator: torch.Generator) -> Tensor:
         import torch
 
         if len(deltas) == 1 and floats[0] == 1.0:
@@ -35,3 +36,6 @@ class Linear(MergeMethod):
             torch.mul(delta, weight, out=term)
             acc.add_(term)
         return acc
+
+
+LINEAR = Linear()

@@ -4,12 +4,12 @@ Bit for bit peft.utils.merge_utils.magnitude_prune on the same deltas."""
 
 from __future__ import annotations
 
-from lorareg.merge.methods._task_arithmetic import TaskArithmeticMethod
+from lorareg.merge.methods.task_arithmetic import TaskArithmetic
 
-
-class MagnitudePrune(TaskArithmeticMethod):
-    name = "magnitude_prune"
-    prune = "magnitude"
-    rescale = False
-    uses_sign = False
-    random = False
+MAGNITUDE_PRUNE = TaskArithmetic(
+    name="magnitude_prune",
+    summary="keep the largest entries of each delta, then the weighted sum",
+    prune="magnitude",
+    rescale=False,
+    elect_sign=False,
+)

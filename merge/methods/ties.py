@@ -5,12 +5,12 @@ Bit for bit peft.utils.merge_utils.ties on the same deltas."""
 
 from __future__ import annotations
 
-from lorareg.merge.methods._task_arithmetic import TaskArithmeticMethod
+from lorareg.merge.methods.task_arithmetic import TaskArithmetic
 
-
-class Ties(TaskArithmeticMethod):
-    name = "ties"
-    prune = "magnitude"
-    rescale = False
-    uses_sign = True
-    random = False
+TIES = TaskArithmetic(
+    name="ties",
+    summary="keep the largest entries, elect a sign per entry, average those that agree (TIES)",
+    prune="magnitude",
+    rescale=False,
+    elect_sign=True,
+)

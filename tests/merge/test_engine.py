@@ -115,7 +115,7 @@ def test_same_plan_same_bytes_with_1_or_2_threads(tmp_path):
     base = make_llama(tmp_path / "base", dtype=torch.bfloat16, hidden=64)
     a = make_lora(base, tmp_path / "a", seed=1, r=16, lora_alpha=16)
     b = make_lora(base, tmp_path / "b", seed=2, r=8, lora_alpha=32)
-    plan = _plan(base, AdapterInput(a, 0.7), AdapterInput(b, -0.4), method="dare_ties", density=0.5, seed=5)
+    plan = _plan(base, AdapterInput(a, 0.7), AdapterInput(b, -0.4), method="dare_ties", params={"density": 0.5}, seed=5)
     outputs = _thread_runs(plan, tmp_path)
     assert len({o.digest for o in outputs}) == 1
     assert len({tuple(sorted((k, v.sha256) for k, v in o.files.items())) for o in outputs}) == 1
@@ -131,10 +131,11 @@ def test_same_bytes_with_1_or_2_threads_on_matrices_large_enough_to_split(tmp_pa
 
 
 def test_random_methods_depend_on_the_seed_only(llama_bf16, lora_a, lora_b, tmp_path):
-    plan = _plan(llama_bf16, lora_a, lora_b, method="dare_linear", density=0.5, seed=1)
+    plan = _plan(llama_bf16, lora_a, lora_b, method="dare_linear", params={"density": 0.5}, seed=1)
     first = merge(plan, tmp_path / "a")
     again = merge(plan, tmp_path / "b")
-    other = merge(_plan(llama_bf16, lora_a, lora_b, method="dare_linear", density=0.5, seed=2), tmp_path / "c")
+    other = merge(_plan(llama_bf16, lora_a, lora_b, method="dare_linear", params={"density": 0.5}, seed=2),
+                  tmp_path / "c")
     assert first.digest == again.digest != other.digest
 
 

@@ -50,19 +50,29 @@ def _deltas(shape, n: int, seed: int) -> list[torch.Tensor]:
     return out
 
 
+def _takes(method: MergeMethod, param: str) -> bool:
+    return any(p.name == param for p in method.params)
+
+
+def _params(name, density, msm):
+    """The params a method declares, from the values the PEFT reference takes."""
+    given = {"density": density, "majority_sign_method": msm}
+    return {k: v for k, v in given.items() if _takes(METHODS[name], k)}
+
+
 def _cases():
     for name, method in METHODS.items():
         for shape in SHAPES:
             for weights in WEIGHT_SETS:
-                for density in DENSITIES if method.uses_density else [None]:
-                    for msm in SIGN_METHODS if method.uses_sign else ["total"]:
+                for density in DENSITIES if _takes(method, "density") else [None]:
+                    for msm in SIGN_METHODS if _takes(method, "majority_sign_method") else ["total"]:
                         yield pytest.param(name, shape, weights, density, msm,
                                            id=f"{name}-{shape}-n{len(weights)}-{weights[0]}-d{density}-{msm}")
 
 
 def _ours(name, deltas, weights, density, msm, seed):
     return METHODS[name].combine(
-        deltas, weights, density=density, majority_sign_method=msm,
+        deltas, weights, params=_params(name, density, msm),
         generator=torch.Generator().manual_seed(seed),
     )
 
@@ -95,7 +105,7 @@ def test_matches_peft_bit_for_bit(name, shape, weights, density, msm):
     assert ours.dtype == torch.float32
     assert ours.shape == deltas[0].shape
     assert _same_bits(ours, ref), f"max abs diff {(ours - ref).abs().max().item()}"
-    if METHODS[name].uses_density and density < 1:
+    if _takes(METHODS[name], "density") and density < 1:
         assert not torch.equal(ours, _ours("linear", deltas, weights, None, "total", 0))
 
 
@@ -136,11 +146,9 @@ def test_linear_sums_in_adapter_order(n):
 def test_linear_single_adapter_at_weight_one_is_untouched():
     delta = torch.randn(8, 4)
     before = delta.clone()
-    out = METHODS["linear"].combine([delta], [1.0], density=None, majority_sign_method="total",
-                                    generator=torch.Generator())
+    out = METHODS["linear"].combine([delta], [1.0], params={}, generator=torch.Generator())
     assert out is delta
-    neg = METHODS["linear"].combine([delta], [-1.0], density=None, majority_sign_method="total",
-                                    generator=torch.Generator())
+    neg = METHODS["linear"].combine([delta], [-1.0], params={}, generator=torch.Generator())
     assert torch.equal(neg, -delta)
     assert torch.equal(delta, before)  # negation did not act in place
 
@@ -149,8 +157,8 @@ def test_inputs_are_not_modified():
     deltas = _deltas((16, 24), 3, seed=9)
     copies = [d.clone() for d in deltas]
     for name, method in METHODS.items():
-        method.combine(deltas, [0.5, -1.0, 2.0], density=0.3 if method.uses_density else None,
-                       majority_sign_method="total", generator=torch.Generator().manual_seed(0))
+        method.combine(deltas, [0.5, -1.0, 2.0], params=_params(name, 0.3, "total"),
+                       generator=torch.Generator().manual_seed(0))
         assert all(torch.equal(d, c) for d, c in zip(deltas, copies)), name
 
 
@@ -158,7 +166,7 @@ def test_inputs_are_not_modified():
 def test_same_seed_same_bytes_and_global_rng_untouched(name):
     method = METHODS[name]
     deltas = _deltas((64, 48), 3, seed=5)
-    kwargs = {"density": 0.4 if method.uses_density else None, "majority_sign_method": "frequency"}
+    kwargs = {"params": _params(name, 0.4, "frequency")}
     state = torch.get_rng_state()
     a = method.combine(deltas, [1.0, -0.5, 0.8], generator=torch.Generator().manual_seed(7), **kwargs)
     b = method.combine(deltas, [1.0, -0.5, 0.8], generator=torch.Generator().manual_seed(7), **kwargs)
@@ -173,7 +181,7 @@ def test_independent_of_thread_count(name):
     method = METHODS[name]
     # Large enough (2 x 300k elements) that torch splits every op across two threads.
     deltas = _deltas((600, 500), 2, seed=11) + _deltas((600, 500), 1, seed=12)
-    kwargs = {"density": 0.3 if method.uses_density else None, "majority_sign_method": "total"}
+    kwargs = {"params": _params(name, 0.3, "total")}
     threads = torch.get_num_threads()
     try:
         results = []
@@ -193,8 +201,9 @@ def test_registry_and_flags():
         assert get_method(name) is method
     assert [n for n, m in METHODS.items() if m.supports_subtract] == ["linear"]
     assert {n for n, m in METHODS.items() if m.random} == {"dare_linear", "dare_ties"}
-    assert {n for n, m in METHODS.items() if not m.uses_density} == {"linear"}
-    assert {n for n, m in METHODS.items() if m.uses_sign} == {"ties", "dare_ties"}
+    assert {n for n, m in METHODS.items() if not _takes(m, "density")} == {"linear"}
+    assert {n for n, m in METHODS.items() if _takes(m, "majority_sign_method")} == {"ties", "dare_ties"}
+    assert METHODS["linear"].params == ()
 
 
 def test_unknown_method_names_the_known_ones():
@@ -203,49 +212,51 @@ def test_unknown_method_names_the_known_ones():
     assert all(name in err.value.hint for name in METHODS)
 
 
-PRUNING = [n for n, m in METHODS.items() if m.uses_density]
+PRUNING = [n for n, m in METHODS.items() if _takes(m, "density")]
 
 
 @pytest.mark.parametrize("name", PRUNING)
 @pytest.mark.parametrize("density", [None, 0, 0.0, -0.1, 1.5, math.nan, math.inf, True, "0.5"])
 def test_pruning_methods_reject_bad_density(name, density):
     with pytest.raises(MergeError, match="density") as err:
-        METHODS[name].validate(density=density, majority_sign_method="total", n_adapters=2)
+        METHODS[name].resolve_params({"density": density}, n_adapters=2)
     assert err.value.hint
     with pytest.raises(MergeError, match="density"):
-        METHODS[name].combine([torch.ones(2, 2)], [1.0], density=density, majority_sign_method="total",
+        METHODS[name].combine([torch.ones(2, 2)], [1.0], params={"density": density},
                               generator=torch.Generator())
 
 
 @pytest.mark.parametrize("name", PRUNING)
 def test_pruning_methods_accept_density_in_range(name):
     for density in (1e-6, 0.5, 1, 1.0):
-        METHODS[name].validate(density=density, majority_sign_method="frequency", n_adapters=1)
+        resolved = METHODS[name].resolve_params(_params(name, density, "frequency"), n_adapters=1)
+        assert resolved["density"] == density and type(resolved["density"]) is float
 
 
 def test_linear_rejects_a_density():
     with pytest.raises(MergeError, match="takes no density") as err:
-        METHODS["linear"].validate(density=0.5, majority_sign_method="total", n_adapters=2)
+        METHODS["linear"].resolve_params({"density": 0.5}, n_adapters=2)
     assert "ties" in err.value.hint
-    METHODS["linear"].validate(density=None, majority_sign_method="total", n_adapters=2)
+    assert METHODS["linear"].resolve_params({}, n_adapters=2) == {}
 
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_validate_rejects_bad_sign_method_and_adapter_count(name):
-    density = 0.5 if METHODS[name].uses_density else None
     with pytest.raises(MergeError, match="majority_sign_method") as err:
-        METHODS[name].validate(density=density, majority_sign_method="mean", n_adapters=2)
-    assert "total" in err.value.hint and "frequency" in err.value.hint
+        METHODS[name].resolve_params(_params(name, 0.5, "mean") | {"majority_sign_method": "mean"}, n_adapters=2)
+    if _takes(METHODS[name], "majority_sign_method"):
+        assert "total" in err.value.hint and "frequency" in err.value.hint
+    else:  # only the methods that elect a sign take it; the others refuse it instead of ignoring it
+        assert f"the {name} method takes no majority_sign_method" in str(err.value)
     for n in (0, -1, 1.5, None):
         with pytest.raises(MergeError, match="at least one adapter"):
-            METHODS[name].validate(density=density, majority_sign_method="total", n_adapters=n)
+            METHODS[name].resolve_params(_params(name, 0.5, "total"), n_adapters=n)
 
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_combine_rejects_inconsistent_inputs(name):
     method = METHODS[name]
-    kw = {"density": 0.5 if method.uses_density else None, "majority_sign_method": "total",
-          "generator": torch.Generator()}
+    kw = {"params": _params(name, 0.5, "total"), "generator": torch.Generator()}
     a = torch.ones(3, 4)
     cases = [
         (([], []), "no deltas"),

@@ -1,4 +1,6 @@
-"""Generalised task arithmetic shared by ties, dare_* and magnitude_prune.
+"""Generalised task arithmetic: one method class whose instances are ties, dare_linear,
+dare_ties and magnitude_prune (as mergekit's ``GeneralizedTaskArithmeticMerge``), each
+configured by how it prunes, whether it rescales and whether it elects a sign.
 
 Each step mirrors peft.utils.merge_utils (PEFT 0.21) operation for operation, because the
 promise is bit-for-bit parity with PEFT's functions applied to the same deltas: the same
@@ -11,9 +13,9 @@ and a generator seeded alike here yield identical masks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from lorareg.merge.methods.base import MergeMethod
+from lorareg.merge.methods.base import MergeMethod, Param
 
 if TYPE_CHECKING:
     import torch
@@ -75,7 +77,7 @@ def majority_sign_mask(stacked: Tensor, method: str) -> Tensor:
     sign = stacked.sign()
     if method == "total":
         sign_magnitude = stacked.sum(dim=0)
-    else:  # "frequency"; validated by MergeMethod.validate
+    else:  # "frequency"; checked against MAJORITY_SIGN_METHOD.choices
         sign_magnitude = sign.sum(dim=0)
     majority_sign = torch.where(sign_magnitude >= 0, 1, -1)
     return sign == majority_sign
@@ -89,7 +91,7 @@ def generalized_task_arithmetic(
     density: float,
     rescale: bool,
     elect_sign: bool,
-    majority_sign_method: str,
+    majority_sign_method: str | None,
     generator: torch.Generator,
 ) -> Tensor:
     """Sparsify each delta, optionally elect a sign, then weight and combine (peft's pipeline)."""
@@ -101,7 +103,7 @@ def generalized_task_arithmetic(
         pruned = [random_pruned(d, density, rescale=rescale, generator=generator) for d in deltas]
     stacked = torch.stack(pruned, dim=0)
     del pruned  # the stack is a copy; free the per-adapter tensors before the next temporaries
-    sign_mask = majority_sign_mask(stacked, majority_sign_method) if elect_sign else None
+    sign_mask = majority_sign_mask(stacked, str(majority_sign_method)) if elect_sign else None
     # peft builds weights with torch.tensor(list) (float32) and views them as (n, 1, ..., 1).
     w = torch.tensor(list(weights), dtype=torch.float32, device=stacked.device)
     w = w.view(w.shape + (1,) * (stacked.dim() - w.dim()))
@@ -115,22 +117,58 @@ def generalized_task_arithmetic(
     return mixed / torch.clamp(kept, min=1.0)
 
 
-class TaskArithmeticMethod(MergeMethod):
-    """A method defined by its pruning, rescaling and sign election (as in mergekit)."""
+DENSITY = Param(
+    "density", float, None, "the fraction of each delta kept", low=0.0, high=1.0, low_open=True,
+)
+MAJORITY_SIGN_METHOD = Param(
+    "majority_sign_method", str, "total",
+    "how each entry's sign is elected: by the sum of its values (total) or the count of its signs (frequency)",
+    choices=("total", "frequency"),
+)
 
-    uses_density = True
-    prune: ClassVar[Literal["magnitude", "random"]]
-    rescale: ClassVar[bool] = False
 
-    def _combine(self, deltas: Sequence[Tensor], floats: list[float], *, density: float | None,
-                 majority_sign_method: str, generator: torch.Generator) -> Tensor:
+class TaskArithmetic(MergeMethod):
+    """Sparsify each delta (prune), optionally rescale and elect a sign, weight and sum.
+
+    Every instance takes ``density``; those that elect a sign also take
+    ``majority_sign_method``.  ``random`` follows from the pruning: random pruning draws
+    from the generator, magnitude pruning does not.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        summary: str,
+        prune: Literal["magnitude", "random"],
+        rescale: bool,
+        elect_sign: bool,
+    ) -> None:
+        if prune not in ("magnitude", "random"):
+            raise ValueError(f"{name}: prune must be 'magnitude' or 'random', not {prune!r}")
+        if rescale and prune != "random":
+            raise ValueError(f"{name}: only random pruning rescales (by 1/density)")
+        self.name = name
+        self.summary = summary
+        self.prune = prune
+        self.rescale = rescale
+        self.elect_sign = elect_sign
+        self.random = prune == "random"
+        self.params = (DENSITY, MAJORITY_SIGN_METHOD) if elect_sign else (DENSITY,)
+
+    def __repr__(self) -> str:
+        return (f"TaskArithmetic(name={self.name!r}, prune={self.prune!r}, rescale={self.rescale}, "
+                f"elect_sign={self.elect_sign})")
+
+    def _combine(self, deltas: Sequence[Tensor], weights: list[float], *, params: dict[str, Any],
+                 generator: torch.Generator) -> Tensor:
         return generalized_task_arithmetic(
             deltas,
-            floats,
+            weights,
             prune=self.prune,
-            density=float(density),
+            density=params["density"],
             rescale=self.rescale,
-            elect_sign=self.uses_sign,
-            majority_sign_method=majority_sign_method,
+            elect_sign=self.elect_sign,
+            majority_sign_method=params.get("majority_sign_method"),  # declared only with elect_sign
             generator=generator,
         )
