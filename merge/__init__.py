@@ -3,7 +3,7 @@
 from lorareg.merge.adapter import check_adapter_fits, inspect_adapter
 from lorareg.merge.engine import merge
 from lorareg.merge.methods import METHODS, Param, get_method
-from lorareg.merge.output import MergeOutput
+from lorareg.merge.output_folder import MergeOutput
 from lorareg.merge.plan import AdapterInput, MergePlan
 
 __all__ = [

@@ -323,7 +323,7 @@ class AdapterModule:
         dtype=base_dtype, low_cpu_mem_usage=True)`` does when it loads them.  ``out``: a
         float32 buffer of the shape of ``B @ A`` to compute into (the result is a view of it).
         """
-        from lorareg.merge.delta import lora_delta
+        from lorareg.merge.lora_math import lora_delta
 
         a, b = self.factors(adapter_dtype, base_dtype=base_dtype)
         fifo = True if self.kind == "embedding" else self.fan_in_fan_out

@@ -42,8 +42,7 @@ from lorareg.merge.adapter import (
     load_adapter,
 )
 from lorareg.merge.adapter_config import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-from lorareg.merge.writer import FileInfo
-from lorareg.store.digest import file_sha256
+from lorareg.store.digest import FileDigest, file_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -58,7 +57,7 @@ _REFUSE_HINT = "merge these adapters into the base instead (lorareg merge), whic
 class AdapterOut:
     path: Path
     kind: str  # "cat" | "svd"
-    files: dict[str, FileInfo]
+    files: dict[str, FileDigest]
     rank: int  # adapter_config r: the rank most modules have
     module_ranks: dict[str, int]  # module path -> its rank
     module_errors: dict[str, float]  # module path -> relative Frobenius error (0.0 for cat)
@@ -328,7 +327,7 @@ def combine_to_adapter(
         for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
-            files[name] = FileInfo(sha256=file_sha256(tmp / name), size=(tmp / name).stat().st_size)
+            files[name] = FileDigest(sha256=file_sha256(tmp / name), size=(tmp / name).stat().st_size)
         os.rename(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

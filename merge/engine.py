@@ -1,7 +1,7 @@
 """Stream a base checkpoint through the adapters' deltas into a new HF model folder.
 
 One base tensor at a time: read its bytes into reused buffers, apply what the adapters do
-to it (delta.py mirrors PEFT), write it into its place in the output shard while hashing.
+to it (lora_math.py mirrors PEFT), write it into its place in the output shard while hashing.
 Untouched tensors are copied as bytes, never through torch.  The model is never built.
 
 Writing and hashing run on a background thread (pipeline.py) while this one reads and
@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from lorareg.errors import MergeError, UnsupportedFeatureError
 from lorareg.merge.adapter import check_layout, inspect_adapter, layout_adapter, load_adapter
-from lorareg.merge import delta as d
+from lorareg.merge import lora_math as d
 from lorareg.merge.arch import tied_pair
 from lorareg.merge.methods import MergeMethod, get_method
-from lorareg.merge.ops import Op, build_ops, main_kind, module_kind
+from lorareg.merge.worklist import Op, build_ops, main_kind, module_kind
 from lorareg.merge.pipeline import Slot, WritePipeline
-from lorareg.merge.output import MergeOutput, copy_side_files, default_model_card, hash_files, write_config
+from lorareg.merge.output_folder import MergeOutput, copy_side_files, default_model_card, hash_files, write_config
 from lorareg.merge.plan import MergePlan, tensor_seed, validate_plan
 from lorareg.merge.reader import FLOAT_DTYPES, BaseTensor, Checkpoint, TensorReader, open_checkpoint, torch_dtype
 from lorareg.merge.writer import OutTensor, ShardWriter, plan_shards, tensor_bytes

@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lorareg.errors import MergeError
-from lorareg.store.digest import FileDigest as FileInfo  # one record of a file's hash, shared with store/
-from lorareg.store.digest import TensorEntry
+from lorareg.store.digest import FileDigest, TensorEntry
 from lorareg.store.safetensors_header import DTYPE_BITS
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["FileInfo", "OutTensor", "Shard", "ShardWriter", "plan_shards", "tensor_bytes"]
+__all__ = ["OutTensor", "Shard", "ShardWriter", "plan_shards", "tensor_bytes"]
 
 INDEX_NAME = "model.safetensors.index.json"
 
@@ -115,7 +114,7 @@ class ShardWriter:
         self._size = 0
         self._current = -1
         self.entries: list[TensorEntry] = []
-        self.files: dict[str, FileInfo] = {}
+        self.files: dict[str, FileDigest] = {}
         # The tensor's sha256 and the file's sha256 run beside the write (hashlib and file
         # writes release the GIL): two hashes of every byte are a third of a merge's time.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lorareg-hash")
@@ -151,7 +150,7 @@ class ShardWriter:
         if self._file is None:
             return
         self._file.flush()
-        self.files[self._shards[self._current].file] = FileInfo(sha256=self._file_hash.hexdigest(), size=self._size)
+        self.files[self._shards[self._current].file] = FileDigest(sha256=self._file_hash.hexdigest(), size=self._size)
         self._syncs.append(self._sync_pool.submit(_sync_close, self._file))
         self._file = None
 

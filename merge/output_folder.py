@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorareg.merge.writer import FileInfo
-from lorareg.store.digest import file_sha256
+from lorareg.store.digest import FileDigest, file_sha256
 
-__all__ = ["FileInfo", "MergeOutput", "copy_side_files", "default_model_card", "hash_files", "write_config"]
+__all__ = ["MergeOutput", "copy_side_files", "default_model_card", "hash_files", "write_config"]
 
 # Weights and files the merge itself writes; everything else at the base's top level (tokenizer,
 # generation config, chat template, ...) is copied as is.
@@ -30,7 +29,7 @@ _SKIP_NAMES = {"config.json", "README.md", "adapter_config.json"}
 class MergeOutput:
     path: Path
     digest: str  # "sha256:<hex>" of the tensor manifest
-    files: dict[str, FileInfo]  # every file in the folder, README and config included
+    files: dict[str, FileDigest]  # every file in the folder, README and config included
     tensors_total: int
     tensors_changed: int
     dtype: str
@@ -83,12 +82,12 @@ def default_model_card(*, base: Path, adapters: list[Path], method: str, recipe_
     return "\n".join(lines) + "\n"
 
 
-def hash_files(folder: Path, known: dict[str, FileInfo]) -> dict[str, FileInfo]:
-    """FileInfo for every regular file in ``folder`` (already hashed ones reused)."""
-    out: dict[str, FileInfo] = {}
+def hash_files(folder: Path, known: dict[str, FileDigest]) -> dict[str, FileDigest]:
+    """FileDigest for every regular file in ``folder`` (already hashed ones reused)."""
+    out: dict[str, FileDigest] = {}
     for path in sorted(Path(folder).rglob("*")):
         if not path.is_file():
             continue
         rel = path.relative_to(folder).as_posix()
-        out[rel] = known.get(rel) or FileInfo(sha256=file_sha256(path), size=path.stat().st_size)
+        out[rel] = known.get(rel) or FileDigest(sha256=file_sha256(path), size=path.stat().st_size)
     return out
