@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lorareg.errors import CheckpointError, NotFoundError, PickleRefusedError, UnsupportedFeatureError
+from lorareg.store.pickles import is_pickle
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "AdapterSummary", "read_adapter_config", "summarize"]
 
@@ -84,8 +85,10 @@ def read_adapter_config(adapter: Path) -> dict[str, Any]:
     if not cfg_path.is_file():
         raise CheckpointError(f"{adapter}: no {ADAPTER_CONFIG}", hint="pass a folder saved by PEFT save_pretrained")
     if not (adapter / ADAPTER_WEIGHTS).is_file():
-        if (adapter / "adapter_model.bin").is_file():
-            raise PickleRefusedError(f"{adapter}: holds adapter_model.bin (pickle) and no {ADAPTER_WEIGHTS}")
+        # PEFT's pickle is adapter_model.bin; other pickles (training_args.bin) are not weights
+        pickles = sorted(p.name for p in adapter.glob("adapter_model.*") if is_pickle(p.name) and p.is_file())
+        if pickles:
+            raise PickleRefusedError(f"{adapter}: holds {pickles[0]} (pickle) and no {ADAPTER_WEIGHTS}")
         raise CheckpointError(f"{adapter}: no {ADAPTER_WEIGHTS}", hint="re-save it with safe_serialization=True")
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))

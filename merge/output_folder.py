@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from lorareg.store.digest import FileDigest, file_sha256
+from lorareg.store.pickles import is_pickle
 
 __all__ = ["MergeOutput", "copy_side_files", "default_model_card", "hash_files", "write_config"]
 
-# Weights and files the merge itself writes; everything else at the base's top level (tokenizer,
-# generation config, chat template, ...) is copied as is.
+# Weights (pickles: see is_pickle) and files the merge itself writes; everything else at the
+# base's top level (tokenizer, generation config, chat template, ...) is copied as is.
 _SKIP_SUFFIXES = (
-    ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack", ".gguf", ".onnx", ".ot",
+    ".safetensors", ".h5", ".msgpack", ".gguf", ".onnx", ".ot",
     ".safetensors.index.json", ".bin.index.json", ".incomplete", ".lock",
 )
 _SKIP_NAMES = {"config.json", "README.md", "adapter_config.json"}
@@ -53,7 +54,8 @@ def copy_side_files(base: Path, dest: Path) -> list[str]:
     copied = []
     for path in sorted(Path(base).iterdir()):
         name = path.name
-        if name.startswith(".") or name in _SKIP_NAMES or name.endswith(_SKIP_SUFFIXES) or not path.is_file():
+        skipped = name.startswith(".") or name in _SKIP_NAMES or name.endswith(_SKIP_SUFFIXES) or is_pickle(name)
+        if skipped or not path.is_file():
             continue
         shutil.copyfile(path, dest / name)  # follows links: an HF cache snapshot holds links to blobs
         copied.append(name)

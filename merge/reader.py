@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lorareg.errors import CheckpointError, NotFoundError, PickleRefusedError
+from lorareg.store.pickles import is_pickle
 from lorareg.store.safetensors_header import read_header
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ __all__ = ["BaseTensor", "Checkpoint", "TensorReader", "open_checkpoint", "torch
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
-_PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "tf_model.h5")
 FLOAT_DTYPES = ("F32", "F16", "BF16")
 
 
@@ -80,9 +80,9 @@ def open_checkpoint(folder: Path) -> Checkpoint:
     elif (folder / SINGLE_NAME).is_file():
         files, weight_map, indexed = (SINGLE_NAME,), None, False
     else:
-        for name in _PICKLES:
-            if (folder / name).is_file():
-                raise PickleRefusedError(f"{folder}: holds {name} and no safetensors weights")
+        pickles = sorted(p.name for p in folder.iterdir() if is_pickle(p.name) and p.is_file())
+        if pickles:
+            raise PickleRefusedError(f"{folder}: holds {pickles[0]} and no safetensors weights")
         raise CheckpointError(f"{folder}: no {SINGLE_NAME} or {INDEX_NAME}", hint="save it with safe_serialization")
     tensors: dict[str, BaseTensor] = {}
     for file in files:

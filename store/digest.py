@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lorareg.errors import CheckpointError, LoraregError, NotFoundError, PickleRefusedError
+from lorareg.store.pickles import is_pickle
 from lorareg.store.safetensors_header import SafetensorsHeader, read_header
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
 
 CHUNK_SIZE = 8 * 1024 * 1024
 Progress = Callable[[int], None]
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _REDOWNLOAD = "re-download the checkpoint"
 
 
@@ -255,7 +255,7 @@ def checkpoint_digest(folder: Path, *, progress: Progress | None = None) -> Chec
     files = _list_files(folder)
     shards = [rel for rel in files if "/" not in rel and rel.endswith(".safetensors")]
     if not shards:
-        pickles = [rel for rel in files if rel.endswith(_PICKLE_SUFFIXES)]
+        pickles = [rel for rel in files if is_pickle(rel)]
         if pickles:
             raise PickleRefusedError(f"{folder}: holds pickle weights ({pickles[0]}) and no *.safetensors")
         raise CheckpointError(f"{folder}: no *.safetensors files", hint="point at a folder saved with save_pretrained")
