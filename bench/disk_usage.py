@@ -1,6 +1,6 @@
 """Disk used by ten merged versions of one base, kept as files vs as recipe only.
 
-    python bench/disk_usage.py [--hidden 512] [--layers 4]
+    .venv/bin/python -m bench.disk_usage [--hidden 512] [--layers 4]    # from the repository root
 
 Blobs are content-addressed, so what the versions share (tokenizer, config, untouched
 tensors' shards when identical) is stored once; `--keep recipe` stores no weights at all."""
@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def du(path: Path) -> int:
@@ -23,9 +20,8 @@ def du(path: Path) -> int:
 
 
 def main() -> None:
-    from factories import make_llama, make_lora
-
     from lorareg import Registry
+    from tests.support.factories import make_llama, make_lora
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--hidden", type=int, default=512)
@@ -37,14 +33,14 @@ def main() -> None:
     base_bytes = du(base)
     results = {}
     for keep in ("files", "recipe"):
-        reg = Registry.open(work / f"home-{keep}")
+        reg = Registry.open(home=work / f"home-{keep}")
         reg.add_base(path=base, name="base")
         for i, a in enumerate(adapters):
             reg.add_adapter(path=a, base="base", name=f"a{i}")
-        before = du(reg.home.blobs)
+        before = du(reg.location().blobs)
         for v in range(10):
             reg.merge(base="base", adapters=["a0", f"a1:{(v + 1) / 10}"], name="m", keep=keep)
-        results[keep] = du(reg.home.blobs) - before
+        results[keep] = du(reg.location().blobs) - before
         reg.close()
     print(f"base checkpoint: {base_bytes / 1e6:.1f} MB (bf16, hidden {args.hidden}, {args.layers} layers)")
     print(f"{'ten merged versions':28} {'disk':>10} {'x base':>8}")

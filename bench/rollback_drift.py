@@ -1,20 +1,17 @@
 """Taking an adapter back out, in bf16: PEFT's merge -> unmerge round trip vs lorareg's
 rollback (--strategy subtract, and the default exact rebuild), on the same base and adapter.
 
-    python bench/rollback_drift.py [--hidden 256] [--layers 4] [--cycles 3]
+    .venv/bin/python -m bench.rollback_drift [--hidden 256] [--layers 4] [--cycles 3]    # from the repository root
 
 Every number is measured against the original base weights in this run."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def drift(a: dict, b: dict) -> tuple[float, float]:
@@ -29,12 +26,12 @@ def drift(a: dict, b: dict) -> tuple[float, float]:
 
 
 def main() -> None:
-    from factories import make_llama, make_lora
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     from lorareg import Registry
+    from tests.support.factories import make_llama, make_lora
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--hidden", type=int, default=256)
@@ -60,25 +57,25 @@ def main() -> None:
         rows.append((f"PEFT merge->unmerge x{cycle}", frac, worst))
 
     # lorareg: merge keep+out, then take `out` back out
-    reg = Registry.open(work / "home")
+    reg = Registry.open(home=work / "home")
     reg.add_base(path=base, name="base")
     reg.add_adapter(path=keep, base="base", name="keep")
     reg.add_adapter(path=out, base="base", name="out")
     solo = reg.merge(base="base", adapters=["out"], name="solo")
-    sub = reg.rollback(ref=solo.ref, adapter="out", strategy="subtract")
+    sub = reg.rollback_adapter(ref=solo.ref, adapter="out", strategy="subtract")
     frac, worst = drift(original, load_file(sub.path / "model.safetensors"))
     rows.append(("lorareg subtract (base + out - out)", frac, worst))
-    exact = reg.rollback(ref=solo.ref, adapter="out")
+    exact = reg.rollback_adapter(ref=solo.ref, adapter="out")
     frac, worst = drift(original, load_file(exact.path / "model.safetensors"))
     rows.append(("lorareg rebuild (base + out - out)", frac, worst))
 
     two = reg.merge(base="base", adapters=["keep", "out"], name="two")
     one = reg.merge(base="base", adapters=["keep"], name="one")
-    sub2 = reg.rollback(ref=two.ref, adapter="out", strategy="subtract")
+    sub2 = reg.rollback_adapter(ref=two.ref, adapter="out", strategy="subtract")
     frac, worst = drift(load_file(one.path / "model.safetensors"), load_file(sub2.path / "model.safetensors"))
     rows.append(("lorareg subtract (keep+out - out) vs keep", frac, worst))
-    dev = sub2.details["recipe"]["subtract_deviation"]
-    reb = reg.rollback(ref=two.ref, adapter="out")
+    dev = sub2.details["outcome"]["subtract_deviation"]
+    reb = reg.rollback_adapter(ref=two.ref, adapter="out")
     rows.append(("lorareg rebuild (keep+out - out) vs keep", 0.0 if reb.digest == one.digest else float("nan"), 0.0))
 
     n = sum(v.numel() for v in original.values())

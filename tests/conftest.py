@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -29,35 +27,35 @@ def models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def llama(models_dir) -> Path:
-    from factories import make_llama
+    from tests.support.factories import make_llama
 
     return make_llama(models_dir / "llama")
 
 
 @pytest.fixture(scope="session")
 def llama_lora(models_dir, llama) -> Path:
-    from factories import make_lora
+    from tests.support.factories import make_lora
 
     return make_lora(llama, models_dir / "llama-lora", seed=1)
 
 
 @pytest.fixture(scope="session")
 def llama_lora2(models_dir, llama) -> Path:
-    from factories import make_lora
+    from tests.support.factories import make_lora
 
     return make_lora(llama, models_dir / "llama-lora2", seed=2, r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
 
 
 @pytest.fixture(scope="session")
 def gpt2(models_dir) -> Path:
-    from factories import make_gpt2
+    from tests.support.factories import make_gpt2
 
     return make_gpt2(models_dir / "gpt2")
 
 
 @pytest.fixture(scope="session")
 def gpt2_lora(models_dir, gpt2) -> Path:
-    from factories import make_lora
+    from tests.support.factories import make_lora
 
     return make_lora(gpt2, models_dir / "gpt2-lora", seed=3, target_modules=["c_attn"], fan_in_fan_out=True)
 
@@ -71,27 +69,12 @@ def reg(lorareg_home):
     r.close()
 
 
-def snapshot_state(home: Path) -> dict:
-    """Everything a failed command must leave untouched: rows per table, blob files, version folders."""
-    import sqlite3
-
-    out: dict = {"blobs": sorted(p.name for p in (home / "blobs").rglob("*") if p.is_file() and "tmp" not in p.parts)}
-    out["versions"] = sorted(str(p.relative_to(home)) for p in (home / "versions").rglob("*")) if (home / "versions").exists() else []
-    db = home / "registry.db"
-    if db.exists():
-        con = sqlite3.connect(db)
-        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        out["rows"] = {t: con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables if t != "events"}
-        con.close()
-    return out
-
-
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
     """A running server; HF_ENDPOINT points at it, no token is found unless a test sets one."""
     from huggingface_hub import constants
 
-    from hub_server import HubServer
+    from tests.support.hub_server import HubServer
 
     # huggingface_hub read these at import time; patch the constants as well as the env.
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")  # hf-xet would ask the server for a xet token

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from factories import make_lora
+from tests.support.factories import make_lora
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -25,7 +25,7 @@ def _quiet_peft():
 @pytest.fixture(scope="session")
 def merge_models(tmp_path_factory):
     """``merge_models(kind, dtype_name)`` -> base folder, built on first use."""
-    import factories
+    from tests.support import factories
 
     root: Path = tmp_path_factory.mktemp("merge-bases")
     cache: dict[tuple[str, str], Path] = {}

@@ -11,7 +11,7 @@ from lorareg.merge import AdapterInput, MergePlan
 
 
 def auto_class(folder: Path):
-    import factories
+    from tests.support import factories
 
     return factories._auto_class(folder)
 

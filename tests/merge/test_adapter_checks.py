@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from factories import make_gpt2, make_llama, make_lora, minilm_path
 from lorareg.errors import IncompatibleAdapterError, MergeError, UnsupportedFeatureError
 from lorareg.merge import AdapterInput, check_adapter_fits, inspect_adapter, merge
 from lorareg.merge.adapter import load_adapter
 from lorareg.merge.keys import NameResolver
+from tests.support.factories import make_gpt2, make_llama, make_lora, minilm_path
 
 from .helpers import auto_class, config, mismatches, peft_model, plan as _plan, read_folder
 

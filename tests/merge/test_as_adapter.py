@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from factories import make_lora
 from lorareg.errors import MergeError, UnsupportedFeatureError
 from lorareg.merge import AdapterInput, MergePlan, merge
 from lorareg.merge.adapter_config import pattern_value
 from lorareg.merge.as_adapter import _patterns, combine_to_adapter
+from tests.support.factories import make_lora
 
 from .helpers import auto_class, forward, read_folder
 

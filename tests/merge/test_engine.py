@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from factories import make_llama, make_lora
 from lorareg.errors import MergeError, UnsupportedFeatureError
 from lorareg.merge import AdapterInput, MergePlan, merge
 from lorareg.merge.plan import tensor_seed
+from tests.support.factories import make_llama, make_lora
 
 from .helpers import auto_class, config, forward, mismatches, peft_merged, peft_model, plan as _plan, read_folder, state
 

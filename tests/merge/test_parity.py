@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from factories import make_lora
 from lorareg.merge import AdapterInput, MergePlan, merge
+from tests.support.factories import make_lora
 from .helpers import (
     auto_class,
     config,

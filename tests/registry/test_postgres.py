@@ -72,7 +72,7 @@ def test_registry_on_postgres(pg_url, tmp_path, llama, llama_lora):
 
 def test_concurrent_writers_get_distinct_versions(pg_url, tmp_path):
     """UNIQUE(name, version) plus retry: parallel writers never share a version number."""
-    from factories import make_llama
+    from tests.support.factories import make_llama
 
     from lorareg import Registry
 

@@ -9,8 +9,8 @@ import struct
 import pytest
 from click.testing import CliRunner
 
-from conftest import snapshot_state
 from lorareg.cli.main import cli
+from tests.support.home import snapshot_state
 
 
 def run(*args):
@@ -89,7 +89,7 @@ def test_pickle_only_checkpoint_refused_without_flag(seeded, lorareg_home, llama
 
 
 def test_adapter_for_other_hidden_size(seeded, lorareg_home, tmp_path):
-    from factories import make_llama, make_lora
+    from tests.support.factories import make_llama, make_lora
 
     wide = make_llama(tmp_path / "wide", hidden=64)
     lora = make_lora(wide, tmp_path / "wide-lora")

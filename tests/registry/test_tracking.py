@@ -9,7 +9,7 @@ from lorareg.errors import LoraregError
 
 
 def test_params_metrics_tags_and_search(reg, llama, tmp_path):
-    from factories import make_llama
+    from tests.support.factories import make_llama
 
     a = reg.add_base(path=llama, name="llama")
     b = reg.add_base(path=make_llama(tmp_path / "b", seed=3), name="llama")

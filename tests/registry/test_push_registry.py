@@ -8,8 +8,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from hub_state import ALICE
 from lorareg.cli.main import cli
+from tests.support.hub_state import ALICE
 
 
 class _Out:

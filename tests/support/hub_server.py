@@ -22,8 +22,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from hub_state import (GITATTRIBUTES, LFS_THRESHOLD, ORGS, TOKENS, Commit, HttpError, HubState, Repo, Request,
-                       lfs_pointer)
+from .hub_state import (GITATTRIBUTES, LFS_THRESHOLD, ORGS, TOKENS, Commit, HttpError, HubState, Repo, Request,
+                         lfs_pointer)
 
 class _Handler(BaseHTTPRequestHandler):
     # HTTP/1.0: one request per connection, so a stopped server really stops answering

@@ -18,7 +18,7 @@ from lorareg.errors import LoraregError
 @pytest.fixture(scope="session")
 def bf16_family(models_dir):
     """A bf16 base (where rounding is visible) and three float32 adapters of different ranks."""
-    from factories import make_llama, make_lora
+    from tests.support.factories import make_llama, make_lora
 
     base = make_llama(models_dir / "llama-bf16", dtype=torch.bfloat16, seed=4)
     adapters = {n: make_lora(base, models_dir / f"roll-{n}", seed=20 + i, r=2 + i, lora_alpha=8)

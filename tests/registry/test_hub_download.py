@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from hub_helpers import SHARDS
-from hub_helpers import assert_one_line as _assert_one_line
-from hub_helpers import checkpoint_folder as _folder
-from hub_helpers import push as _push
-from hub_state import ALICE
+from tests.support.hub_helpers import SHARDS
+from tests.support.hub_helpers import assert_one_line as _assert_one_line
+from tests.support.hub_helpers import checkpoint_folder as _folder
+from tests.support.hub_helpers import push as _push
+from tests.support.hub_state import ALICE
 from lorareg.errors import CheckpointError, HubError, PickleRefusedError
 from lorareg.registry.hub import download, push_folder
 

@@ -68,7 +68,7 @@ def test_random_method_records_chosen_seed(seeded):
 
 
 def test_adapter_of_another_base_is_refused(seeded, tmp_path):
-    from factories import make_llama
+    from tests.support.factories import make_llama
 
     seeded.add_base(path=make_llama(tmp_path / "other", seed=11), name="other")
     with pytest.raises(IncompatibleAdapterError) as exc:

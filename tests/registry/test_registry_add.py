@@ -34,7 +34,7 @@ def test_readding_identical_content_returns_existing_version(reg, llama):
 
 
 def test_new_content_under_same_name_is_next_version(reg, llama, tmp_path):
-    from factories import make_llama
+    from tests.support.factories import make_llama
 
     reg.add_base(path=llama, name="llama")
     other = make_llama(tmp_path / "llama-b", seed=7)
@@ -48,7 +48,7 @@ def test_new_content_under_same_name_is_next_version(reg, llama, tmp_path):
 
 
 def test_digest_independent_of_sharding(reg, tmp_path):
-    from factories import make_llama
+    from tests.support.factories import make_llama
 
     one = make_llama(tmp_path / "one", seed=3)
     sharded = make_llama(tmp_path / "sharded", seed=3, max_shard_size="40KB")
@@ -117,7 +117,7 @@ def test_name_kind_is_fixed(reg, llama, llama_lora):
 
 
 def test_aliases_and_log(reg, llama, tmp_path):
-    from factories import make_llama
+    from tests.support.factories import make_llama
 
     reg.add_base(path=llama, name="llama")
     reg.add_base(path=make_llama(tmp_path / "b", seed=9), name="llama")
@@ -136,7 +136,7 @@ def test_concurrent_processes_on_sqlite_get_distinct_versions(tmp_path, lorareg_
     import subprocess
     import sys
 
-    from factories import make_llama
+    from tests.support.factories import make_llama
     from lorareg import Registry
 
     folders = [make_llama(tmp_path / f"m{i}", seed=200 + i, layers=1) for i in range(4)]

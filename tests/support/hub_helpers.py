@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from hub_state import ALICE, BOB
 from lorareg.errors import HubError
 from lorareg.registry.hub import push_folder
+
+from .hub_state import ALICE, BOB
 
 SHARDS = [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
 

@@ -71,7 +71,7 @@ def test_verify_ok_and_corrupted_blob(llama, lorareg_home):
 
 
 def test_log_and_alias(llama, tmp_path):
-    from factories import make_llama
+    from tests.support.factories import make_llama
 
     run("add", "base", llama, "--name", "llama")
     run("add", "base", make_llama(tmp_path / "b", seed=5), "--name", "llama")

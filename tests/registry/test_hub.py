@@ -11,12 +11,12 @@ import pytest
 from lorareg.errors import HubError, NotFoundError
 from lorareg.registry.hub import download, is_hub_uri, parse_hub_uri, push_folder
 
-from hub_helpers import SHARDS
-from hub_helpers import assert_one_line as _assert_one_line
-from hub_helpers import checkpoint_folder as _folder
-from hub_helpers import local_bytes as _local_bytes
-from hub_helpers import push as _push
-from hub_state import ALICE, BOB
+from tests.support.hub_helpers import SHARDS
+from tests.support.hub_helpers import assert_one_line as _assert_one_line
+from tests.support.hub_helpers import checkpoint_folder as _folder
+from tests.support.hub_helpers import local_bytes as _local_bytes
+from tests.support.hub_helpers import push as _push
+from tests.support.hub_state import ALICE, BOB
 
 # -- hf:// references --------------------------------------------------------------------------
 def test_parse_hub_uri():

@@ -1,4 +1,4 @@
-"""What the Hub look-alike (tests/hub_server.py) knows: users and tokens, repos as commits of
+"""What the Hub look-alike (tests/support/hub_server.py) knows: users and tokens, repos as commits of
 ``path -> stored file`` snapshots, bytes by sha256, the request log and injected faults."""
 
 from __future__ import annotations
