@@ -7,8 +7,8 @@ import click
 from lorareg.cli import render
 from lorareg.cli.common import json_option, with_registry
 from lorareg.cli.errors import fail
-
-METHODS = ["linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
+from lorareg.cli.method_options import method_choice, method_param_options, methods_epilog, take_method_params
+from lorareg.registry.recipe import ADAPTER_DTYPES, DTYPES, OUTPUTS
 
 
 def _size(text: str) -> int:
@@ -21,19 +21,19 @@ def _size(text: str) -> int:
     return int(t)
 
 
-@click.command()
+@click.command(epilog=methods_epilog())
 @click.argument("base")
 @click.argument("adapters", nargs=-1, required=True)
 @click.option("--name", required=True, help="Name of the merged model (a new version each new recipe).")
-@click.option("--method", type=click.Choice(METHODS), default="linear", show_default=True)
-@click.option("--density", type=float, help="Fraction kept by ties/dare/magnitude_prune.")
-@click.option("--majority-sign-method", type=click.Choice(["total", "frequency"]), default="total", show_default=True)
+@click.option("--method", type=method_choice(), default="linear", show_default=True)
+@method_param_options
 @click.option("--seed", type=int, help="Seed for random methods (default: chosen and recorded).")
-@click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto",
-              show_default=True, help="Output dtype (auto: the base's).")
-@click.option("--adapter-dtype", type=click.Choice(["float32", "base"]), default="float32", show_default=True,
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+              help="Output dtype (auto: the base's).")
+@click.option("--adapter-dtype", type=click.Choice(ADAPTER_DTYPES), default="float32", show_default=True,
               help="float32: PeftModel.from_pretrained parity; base: round A and B to the base dtype first.")
-@click.option("--as-adapter", type=click.Choice(["cat", "svd"]), help="Write the combination as a new adapter.")
+@click.option("--as-adapter", type=click.Choice([o for o in OUTPUTS if o != "model"]),
+              help="Write the combination as a new adapter.")
 @click.option("--rank", type=int, help="Rank for --as-adapter svd.")
 @click.option("--keep", type=click.Choice(["files", "recipe"]), default="files", show_default=True,
               help="recipe: record the recipe and digest only; files are rebuilt when needed.")
@@ -42,20 +42,20 @@ def _size(text: str) -> int:
 @click.option("-m", "--message", help="Why this version exists.")
 @json_option
 @with_registry
-def merge(reg, base, adapters, name, method, density, majority_sign_method, seed, dtype, adapter_dtype, as_adapter,
-          rank, keep, max_shard_size, allow_base_mismatch, message, as_json) -> None:
+def merge(reg, base, adapters, name, method, seed, dtype, adapter_dtype, as_adapter, rank, keep, max_shard_size,
+          allow_base_mismatch, message, as_json, **method_params) -> None:
     """Merge ADAPTER[:WEIGHT]... into BASE and register the result as NAME's next version."""
     with render.step_progress("merging") as update:
-        info = reg.merge(base=base, adapters=list(adapters), name=name, method=method, density=density,
-                         majority_sign_method=majority_sign_method, seed=seed, dtype=dtype,
+        info = reg.merge(base=base, adapters=list(adapters), name=name, method=method,
+                         params=take_method_params(method_params), seed=seed, dtype=dtype,
                          adapter_dtype=adapter_dtype, as_adapter=as_adapter, rank=rank, keep=keep,
                          allow_base_mismatch=allow_base_mismatch, max_shard_size=_size(max_shard_size),
                          message=message, progress=update)
     if as_json:
-        render.print_json({**info.to_dict(), "path": str(info.path) if info.path else None})
+        render.print_json(info.to_dict())
         return
     click.echo(f"{'already merged as' if info.existed else 'merged'} {info.ref}  {info.digest}")
-    for note in info.details.get("recipe", {}).get("notes", []):
+    for note in info.details.get("outcome", {}).get("notes", []):
         click.echo(f"  note: {note}")
     click.echo(f"  path: {info.path}" if info.path else "  kept as recipe only")
 
@@ -108,18 +108,21 @@ def rebuild(reg, ref, keep_files, as_json) -> None:
 @with_registry
 def rollback(reg, ref, adapter, to, alias_name, strategy, message, as_json) -> None:
     """Take an adapter out of a merge (REF --adapter X) or move an alias back (NAME --to 3)."""
+    if (adapter is None) == (to is None):
+        fail("say what to roll back", "lorareg rollback REF --adapter NAME, or NAME --to VERSION")
+    if to is not None:
+        moved = reg.rollback_alias(name=ref.partition("@")[0], to=to, alias=alias_name, message=message)
+        render.print_json(moved.to_dict()) if as_json else click.echo(f"{moved.name}@{moved.alias} -> {moved.version}")
+        return
     with render.step_progress("rolling back") as update:
-        out = reg.rollback(ref=ref, adapter=adapter, to=to, alias=alias_name, strategy=strategy, message=message,
-                           progress=update)
+        out = reg.rollback_adapter(ref=ref, adapter=adapter, strategy=strategy, message=message, progress=update)
     if as_json:
         render.print_json(out.to_dict())
-    elif to is not None:
-        click.echo(f"{out.name}@{out.alias} -> {out.version}")
-    else:
-        click.echo(f"rolled back: {out.ref}  {out.digest}")
-        dev = out.details.get("recipe", {}).get("subtract_deviation")
-        if dev:
-            click.echo(f"  deviation from an exact rebuild: {dev}")
+        return
+    click.echo(f"rolled back: {out.ref}  {out.digest}")
+    dev = out.details.get("outcome", {}).get("subtract_deviation")
+    if dev:
+        click.echo(f"  deviation from an exact rebuild: {dev}")
 
 
 @click.command()
@@ -145,14 +148,14 @@ def diff(reg, a, b, as_json) -> None:
     """Compare two versions' recipes and, if both have files, their tensors."""
     d = reg.diff(a=a, b=b)
     if as_json:
-        render.print_json(d)
+        render.print_json(d.to_dict())
         return
-    click.echo(f"{d['a']} vs {d['b']}: {'same digest' if d['same_digest'] else 'different digests'}")
-    for k, v in d["recipe"].items():
-        click.echo(f"  {k}: {v['a']} -> {v['b']}")
-    if d["tensors"]:
+    click.echo(f"{d.a} vs {d.b}: {'same digest' if d.same_digest else 'different digests'}")
+    for change in d.recipe:
+        click.echo(f"  {change.field}: {change.a} -> {change.b}")
+    if d.tensors:
         render.table("tensors that differ", ["tensor", "elements", "max abs", "max ulp"],
-                     [[t["name"], t["elements_differing"], f"{t['max_abs']:.3g}", t["max_ulp"]] for t in d["tensors"]])
+                     [[t.name, t.elements_differing, f"{t.max_abs:.3g}", t.max_ulp] for t in d.tensors])
 
 
 @click.command()

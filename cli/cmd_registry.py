@@ -7,20 +7,14 @@ import click
 from lorareg.cli import render
 from lorareg.cli.common import json_option, open_registry, with_registry
 from lorareg.cli.errors import fail
+from lorareg.registry.refs import KINDS
 
-KIND_ARG = {"bases": "base", "adapters": "adapter", "merges": "merge", "base": "base", "adapter": "adapter",
-            "merge": "merge"}
-
-
-def _summary(info) -> dict:
-    d = info.to_dict()
-    d["path"] = str(info.path) if info.path else None
-    return d
+KIND_ARG = {**{k: k for k in KINDS}, **{f"{k}s": k for k in KINDS}}  # `ls merges` and `ls merge`
 
 
 def _print_added(info, as_json: bool) -> None:
     if as_json:
-        render.print_json(_summary(info))
+        render.print_json(info.to_dict())
         return
     verb = "already registered as" if info.existed else "added"
     click.echo(f"{verb} {info.ref}  {info.digest}")
@@ -35,7 +29,7 @@ def init(ctx: click.Context, as_json: bool) -> None:
     """Create (or upgrade) the registry at LORAREG_HOME."""
     reg = open_registry(ctx)
     try:
-        out = {"home": str(reg.home.root), "database": reg.engine.url.render_as_string(hide_password=True)}
+        out = reg.location().to_dict()
     finally:
         reg.close()
     if as_json:
@@ -102,9 +96,11 @@ def add_adapter(reg, path: str, base: str, name: str | None, allow_pickle: bool,
 def ls(reg, kind: str | None, name: str | None, pushed: bool, as_json: bool) -> None:
     """List registered versions."""
     infos = reg.ls(kind=KIND_ARG.get(kind) if kind else None, name=name)
-    pushes = reg.pushes() if pushed else {}
+    pushes: dict[str, list] = {}
+    for p in reg.pushes() if pushed else ():
+        pushes.setdefault(p.ref, []).append(p)
     if as_json:
-        out = [_summary(i) for i in infos]
+        out = [i.to_dict() for i in infos]
         if pushed:
             for o in out:
                 o["pushes"] = [p.to_dict() for p in pushes.get(o["ref"], [])]
@@ -153,27 +149,28 @@ def _params(n) -> str:
 @with_registry
 def show(reg, ref: str, as_json: bool) -> None:
     """Show one version: files, digest, size, config summary, recipe."""
-    info = reg.get(ref)
+    info = reg.get(ref=ref)
     if as_json:
-        render.print_json(_summary(info))
+        render.print_json(info.to_dict())
         return
     pairs = [("ref", info.ref), ("kind", info.kind), ("digest", info.digest), ("path", info.path),
              ("size", render.human_size(info.size_bytes)), ("aliases", ", ".join(info.aliases) or "-"),
              ("created", f"{info.created_at:%Y-%m-%d %H:%M:%S} by {info.created_by}")]
     for k, v in info.details.items():
-        if k == "recipe":
+        if k in ("recipe", "outcome"):
             continue
         pairs.append((k, v))
     render.key_values(f"{info.kind} {info.ref}", pairs)
     recipe = info.details.get("recipe")
     if recipe:
-        render.key_values("recipe", [(k, v) for k, v in recipe.items() if k not in ("adapters", "base")])
+        render.key_values("recipe", [(k, v) for k, v in recipe.items() if k not in ("adapters", "base")]
+                          + list(info.details.get("outcome", {}).items()))
         render.table("inputs", ["role", "ref", "weight", "digest"],
                      [["base", recipe["base"]["ref"], "", recipe["base"]["digest"]]]
                      + [["adapter", a["ref"], f"{a['weight']:g}", a["digest"]] for a in recipe.get("adapters", [])])
     if info.files:
         render.table("files", ["path", "size", "sha256"],
-                     [[f.path, render.human_size(f.size), f.sha256[:16]] for f in info.files])
+                     [[path, render.human_size(f.size), f.sha256[:16]] for path, f in info.files.items()])
 
 
 @click.command()
@@ -184,7 +181,7 @@ def show(reg, ref: str, as_json: bool) -> None:
 def verify(reg, ref: str | None, all_: bool, as_json: bool) -> None:
     """Re-hash stored files (or referenced folders) and compare with what was recorded."""
     with render.progress("verifying") as advance:
-        results = reg.verify(ref=ref, all=all_, progress=advance)
+        results = reg.verify(ref=ref, all_versions=all_, progress=advance)
     if as_json:
         render.print_json([r.to_dict() for r in results])
     else:

@@ -14,7 +14,7 @@ def open_registry(ctx: click.Context):
     from lorareg.registry.api import Registry
 
     obj = ctx.find_root().obj or {}
-    return Registry.open(obj.get("home"), database_url=obj.get("database_url"), blobs=obj.get("blobs"))
+    return Registry.open(home=obj.get("home"), database_url=obj.get("database_url"), blobs=obj.get("blobs"))
 
 
 def with_registry(fn: Callable[..., Any]) -> Callable[..., Any]:

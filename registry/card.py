@@ -1,4 +1,5 @@
-"""The README.md model card pushed with a merged model or adapter.
+"""The README.md model card of a merged model or adapter: what goes in it (``merge_card``,
+``version_card``: looked up in the registry) and how it renders (``render_card``).
 
 The card is a pure function of what the registry knows (no clock, no host names), so
 the same version always renders the same bytes and a re-push stays a no-op.  Anything
@@ -10,22 +11,71 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lorareg.errors import HubError, LoraregError
-from lorareg.registry.hub import is_repo_id
+from lorareg.registry.hub_client import is_repo_id
 
-__all__ = ["render_card"]
+if TYPE_CHECKING:
+    from sqlmodel import Session
+
+    from lorareg.registry import models as m
+    from lorareg.registry.recipe import Recipe
+
+__all__ = ["merge_card", "render_card", "version_card"]
 
 # Shown in their own rows or the inputs table, or results rather than knobs (the full
 # recipe is in the card's JSON block anyway); everything else is a method parameter.
-_NOT_PARAMETERS = {"method", "seed", "dtype", "adapters", "base", "versions", "parameters", "engine",
+_NOT_PARAMETERS = {"method", "seed", "dtype", "adapters", "base", "versions", "params", "engine",
                    "lorareg_version", "notes", "tensors_changed", "tensors_total"}
 _SECRETS = [
     (re.compile(r"\bhf_[A-Za-z0-9]{16,}"), "hf_***"),  # Hugging Face user and org tokens
     (re.compile(r"(https?://)[^/@\s]+@"), r"\1***@"),  # credentials inside a URL
     (re.compile(r"(?i)\b(bearer\s+)[\w.~+/-]{8,}=*"), r"\1***"),
 ]
+
+
+def merge_card(session: "Session", recipe: "Recipe", *, name: str, version: int, output_digest: str) -> str:
+    """The card of a merged version: its inputs with digests and sources, the recipe, how to rebuild."""
+    from lorareg.registry import lookup
+    from lorareg.registry import models as m
+    from lorareg.registry.recipe import lorareg_version
+    from lorareg.registry.version_info import source_of
+
+    base = lookup.resolve(session, recipe.base.ref)
+    base_extra = session.get(m.Base, base.id)
+    inputs = [{"role": "base", **recipe.base.to_json(), "source": source_of(session, base)}] + [
+        {"role": "adapter", **a.to_json(), "source": source_of(session, lookup.resolve(session, a.ref))}
+        for a in recipe.adapters]
+    return render_card(kind="merge" if recipe.output == "model" else "adapter", name=name, version=version,
+                       base_model=base_extra.hub_repo if base_extra is not None else None, recipe=recipe.to_json(),
+                       inputs=inputs, output_digest=output_digest, lorareg_version=lorareg_version())
+
+
+def version_card(session: "Session", row: "m.Version", *, adapter_only: bool) -> str:
+    """The card pushed with a version: a merge's own card, or an adapter's (or base's) short one."""
+    from lorareg.registry import lookup
+    from lorareg.registry import models as m
+    from lorareg.registry.recipe import lorareg_version
+    from lorareg.registry.version_info import source_of, stored_recipe
+
+    if row.kind == "merge":
+        return merge_card(session, stored_recipe(session, row), name=row.name, version=row.version,
+                          output_digest=row.digest)
+    inputs: list[dict] = []
+    recipe: dict = {}
+    base_model = None
+    if row.kind == "adapter":
+        ad = session.get(m.Adapter, row.id)
+        base = session.get(m.Version, ad.base_version_id)
+        base_model = session.get(m.Base, base.id).hub_repo
+        inputs = [{"role": "base", "ref": lookup.ref_of(base), "digest": base.digest,
+                   "source": source_of(session, base)}]
+        summary = json.loads(ad.summary_json)
+        recipe = {"adapter": lookup.ref_of(row), "r": summary.get("r"), "lora_alpha": summary.get("lora_alpha")}
+    return render_card(kind="adapter" if adapter_only or row.kind == "adapter" else "merge", name=row.name,
+                       version=row.version, base_model=base_model, recipe=recipe, inputs=inputs,
+                       output_digest=row.digest, lorareg_version=lorareg_version())
 
 
 def render_card(*, kind: Literal["merge", "adapter"], name: str, version: int, base_model: str | None,
@@ -117,7 +167,7 @@ def _input_row(item: Mapping[str, Any]) -> str:
 
 
 def _recipe_rows(recipe: Mapping[str, Any], lorareg_version: str) -> list[str]:
-    params = recipe.get("parameters")
+    params = recipe.get("params")
     if not isinstance(params, Mapping):
         params = {k: v for k, v in recipe.items() if k not in _NOT_PARAMETERS and v not in (None, "", [], {})}
     versions = dict(recipe.get("versions") or {})

@@ -96,7 +96,9 @@ class Merge(SQLModel, table=True):
     seed: int = Field(default=0, sa_type=BigInteger)
     dtype: str = Field(max_length=16)
     recipe_digest: str = Field(index=True, max_length=80)
-    recipe_json: str = Field(sa_column=Column(Text, nullable=False))
+    recipe_json: str = Field(sa_column=Column(Text, nullable=False))  # schema-2 recipe, canonical JSON
+    # What running the recipe reported (notes, tensors changed, subtraction deviation, ...).
+    outcome_json: str = Field(default="{}", sa_column=Column(Text, nullable=False, server_default="{}"))
 
 
 class MergeInput(SQLModel, table=True):

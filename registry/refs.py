@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from lorareg.errors import InvalidNameError, LoraregError
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
 DEFAULT_ALIAS = "current"
+Kind = Literal["base", "adapter", "merge"]
+KINDS: tuple[str, ...] = ("base", "adapter", "merge")
 
 
 @dataclass(frozen=True)

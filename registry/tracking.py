@@ -5,41 +5,21 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from sqlmodel import Session, select
 
 from lorareg.errors import LoraregError
-from lorareg.registry import catalog
+from lorareg.registry import lookup
 from lorareg.registry import models as m
-from lorareg.registry.results import VersionInfo, _AsDict
-
-if TYPE_CHECKING:
-    from lorareg.registry.api import Registry
-
-
-@dataclass(frozen=True)
-class MetricPoint(_AsDict):
-    key: str
-    value: float
-    step: int | None
-    time: datetime
+from lorareg.registry.context import Context
+from lorareg.registry.results import MetricPoint, SearchHit, Tracked, VersionInfo
+from lorareg.registry.version_info import version_info
 
 
-@dataclass(frozen=True)
-class Tracked(_AsDict):
-    ref: str
-    params: dict[str, Any] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)  # latest value (highest step) per key
-    history: tuple[MetricPoint, ...] = ()
-
-
-def log_params(reg: "Registry", *, ref: str, params: Mapping[str, Any]) -> None:
-    with Session(reg.engine) as session:
-        row = catalog.resolve(session, ref)
+def log_params(ctx: Context, *, ref: str, params: Mapping[str, Any]) -> None:
+    with ctx.session() as session:
+        row = lookup.resolve(session, ref)
         for k, v in params.items():
             p = session.get(m.Param, (row.id, str(k))) or m.Param(version_id=row.id, key=str(k), value_json="")
             p.value_json = json.dumps(v, sort_keys=True, default=str)
@@ -47,9 +27,9 @@ def log_params(reg: "Registry", *, ref: str, params: Mapping[str, Any]) -> None:
         session.commit()
 
 
-def log_metrics(reg: "Registry", *, ref: str, metrics: Mapping[str, float], step: int | None = None) -> None:
-    with Session(reg.engine) as session:
-        row = catalog.resolve(session, ref)
+def log_metrics(ctx: Context, *, ref: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+    with ctx.session() as session:
+        row = lookup.resolve(session, ref)
         for k, v in metrics.items():
             value = float(v)
             if not math.isfinite(value):
@@ -58,9 +38,9 @@ def log_metrics(reg: "Registry", *, ref: str, metrics: Mapping[str, float], step
         session.commit()
 
 
-def set_tags(reg: "Registry", *, ref: str, tags: Mapping[str, str]) -> None:
-    with Session(reg.engine) as session:
-        row = catalog.resolve(session, ref)
+def set_tags(ctx: Context, *, ref: str, tags: Mapping[str, str]) -> None:
+    with ctx.session() as session:
+        row = lookup.resolve(session, ref)
         for k, v in tags.items():
             t = session.get(m.Tag, (row.id, str(k))) or m.Tag(version_id=row.id, key=str(k))
             t.value = str(v)
@@ -77,21 +57,21 @@ def _tracked(session: Session, row: m.Version) -> Tracked:
         order = pt.step if pt.step is not None else -1
         if pt.key not in latest or order >= latest[pt.key][0]:
             latest[pt.key] = (order, pt.value)
-    return Tracked(ref=f"{row.name}@{row.version}", params=params, tags=tags,
+    return Tracked(ref=lookup.ref_of(row), params=params, tags=tags,
                    metrics={k: v for k, (_, v) in latest.items()},
                    history=tuple(MetricPoint(p.key, p.value, p.step, p.time) for p in points))
 
 
-def tracked(reg: "Registry", *, ref: str) -> Tracked:
-    with Session(reg.engine) as session:
-        return _tracked(session, catalog.resolve(session, ref))
+def tracked(ctx: Context, *, ref: str) -> Tracked:
+    with ctx.session() as session:
+        return _tracked(session, lookup.resolve(session, ref))
 
 
-def search(reg: "Registry", *, kind: str | None = None, tags: Mapping[str, str] | None = None,
+def search(ctx: Context, *, kind: str | None = None, tags: Mapping[str, str] | None = None,
            params: Mapping[str, Any] | None = None, order_by: str | None = None,
-           descending: bool = False) -> list[tuple[VersionInfo, Tracked]]:
+           descending: bool = False) -> list[SearchHit]:
     """Versions whose tags and params match exactly, sorted by ``metric:KEY`` or ``param:KEY``."""
-    with Session(reg.engine) as session:
+    with ctx.session() as session:
         q = select(m.Version)
         if kind:
             q = q.where(m.Version.kind == kind)
@@ -102,19 +82,20 @@ def search(reg: "Registry", *, kind: str | None = None, tags: Mapping[str, str] 
                 continue
             if any(t.params.get(k) != v for k, v in (params or {}).items()):
                 continue
-            out.append((catalog.to_info(session, reg.home, row, with_files=False), t))
+            out.append(SearchHit(ref=lookup.ref_of(row), info=version_info(session, ctx.home, row, with_files=False),
+                                 tracked=t))
     if order_by:
         source, _, key = order_by.partition(":")
         if source not in ("metric", "param") or not key:
             raise LoraregError(f"cannot sort by {order_by!r}", hint="use metric:KEY or param:KEY")
-        pick = (lambda t: t.metrics.get(key)) if source == "metric" else (lambda t: t.params.get(key))
-        have = [x for x in out if pick(x[1]) is not None]
-        have.sort(key=lambda x: pick(x[1]), reverse=descending)
-        out = have + [x for x in out if pick(x[1]) is None]
+        pick = (lambda h: h.tracked.metrics.get(key)) if source == "metric" else (lambda h: h.tracked.params.get(key))
+        have = [h for h in out if pick(h) is not None]
+        have.sort(key=pick, reverse=descending)
+        out = have + [h for h in out if pick(h) is None]
     return out
 
 
-def trainer_callback(reg: "Registry", *, base: str, name: str, tags: Mapping[str, str] | None = None):
+def trainer_callback(ctx: Context, *, base: str, name: str, tags: Mapping[str, str] | None = None):
     """A ``transformers.TrainerCallback`` that registers every saved checkpoint's adapter as a
     new version of ``name`` and records the run's hyper-parameters and logged metrics on it."""
     from transformers import TrainerCallback
@@ -131,16 +112,18 @@ def trainer_callback(reg: "Registry", *, base: str, name: str, tags: Mapping[str
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if not (folder / "adapter_config.json").exists():
                 return
-            info = reg.add_adapter(path=folder, base=base, name=name)
+            from lorareg.registry.add import add_adapter
+
+            info = add_adapter(ctx, path=folder, base=base, name=name, allow_pickle=False, progress=None)
             hp = {k: v for k, v in args.to_dict().items() if isinstance(v, (int, float, str, bool)) and v is not None}
-            log_params(reg, ref=info.ref, params={**hp, "global_step": state.global_step})
+            log_params(ctx, ref=info.ref, params={**hp, "global_step": state.global_step})
             for entry in state.log_history:
                 step = entry.get("step")
                 nums = {k: v for k, v in entry.items() if k not in ("step", "epoch") and isinstance(v, (int, float))
                         and math.isfinite(v)}
                 if nums:
-                    log_metrics(reg, ref=info.ref, metrics=nums, step=step)
-            set_tags(reg, ref=info.ref, tags={"checkpoint": str(state.global_step), **(tags or {})})
+                    log_metrics(ctx, ref=info.ref, metrics=nums, step=step)
+            set_tags(ctx, ref=info.ref, tags={"checkpoint": str(state.global_step), **(tags or {})})
             self.registered.append(info)
 
     return LoraregCallback()

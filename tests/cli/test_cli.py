@@ -59,7 +59,7 @@ def test_ls_kinds(llama, llama_lora):
 def test_verify_ok_and_corrupted_blob(llama, lorareg_home):
     out = js("add", "base", llama, "--name", "llama")
     assert all(r["ok"] for r in js("verify", "llama"))
-    sha = next(f["sha256"] for f in out["files"] if f["path"] == "model.safetensors")
+    sha = out["files"]["model.safetensors"]["sha256"]
     blob = lorareg_home / "blobs" / "sha256" / sha[:2] / sha[2:]
     os.chmod(blob, 0o644)
     data = bytearray(blob.read_bytes())

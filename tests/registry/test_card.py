@@ -67,16 +67,18 @@ def test_body_has_recipe_digests_and_rebuild():
 
 
 def test_registry_shaped_recipe():
-    """What registry/recipes.py records: refs instead of name/version, engine and lorareg versions, unset knobs."""
-    recipe = {"engine": "lorareg-merge/1", "method": "linear", "density": None, "seed": 0, "dtype": "float32",
-              "output": "full", "lorareg_version": "0.0.9", "versions": {"torch": "2.13.0"},
-              "base": {"ref": "llama@1", "digest": "sha256:" + "c" * 64},
-              "adapters": [{"ref": "chat@2", "digest": "sha256:" + "a" * 64, "weight": 1.0}]}
+    """What the registry records (a schema-2 Recipe): refs, engine and lorareg versions, the method's own params."""
+    from lorareg.registry.recipe import AdapterRef, InputRef, Recipe
+
+    recipe = Recipe(base=InputRef("llama@1", "sha256:" + "c" * 64),
+                    adapters=(AdapterRef("chat@2", "sha256:" + "a" * 64, "sha256:" + "e" * 64, 1.0),),
+                    method="ties", params={"density": 0.5, "majority_sign_method": "total"}, dtype="float32",
+                    lorareg_version="0.0.9", versions={"torch": "2.13.0"}).to_json()
     inputs = [{"role": "base", **recipe["base"], "source": "lorareg store"},
               {"role": "adapter", **recipe["adapters"][0], "source": "/data/chat"}]
     text = _card(recipe=recipe, inputs=inputs)
     assert "| base | llama@1 |  | `sha256:" in text and "| adapter | chat@2 | 1.0 |" in text
-    assert "| parameters | output=full |" in text  # density=None is not a parameter that was used
+    assert "| parameters | density=0.5, majority_sign_method=total |" in text  # the method's own, not every knob
     assert "| seed | 0 |" in text
     assert "engine lorareg-merge/1, lorareg 0.0.9, torch 2.13.0" in text
 

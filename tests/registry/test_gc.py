@@ -9,18 +9,20 @@ import time
 
 def test_gc_waits_for_a_writer_holding_the_lock(reg, llama):
     from lorareg.registry import locking
+    from lorareg.store import BlobStore
 
     reg.add_base(path=llama, name="llama")
-    orphan = reg.blobs.put_bytes(b"bytes of a version whose rows are not committed yet")
+    blobs = BlobStore(reg.location().blobs)
+    orphan = blobs.put_bytes(b"bytes of a version whose rows are not committed yet")
     done = threading.Event()
-    with locking.writing(reg.home.blobs):
+    with locking.writing(reg.location().blobs):
         t = threading.Thread(target=lambda: (reg.gc(), done.set()))
         t.start()
         time.sleep(0.3)
         assert not done.is_set()  # gc is blocked while a writer is mid-way
-        assert reg.blobs.has(orphan.sha256)
+        assert blobs.has(orphan.sha256)
     t.join(10)
-    assert done.is_set() and not reg.blobs.has(orphan.sha256)
+    assert done.is_set() and not blobs.has(orphan.sha256)
     assert reg.verify(ref="llama")[0].ok  # referenced blobs are kept
 
 
@@ -42,8 +44,8 @@ def test_gc_dry_run_reports_what_a_real_run_frees(reg, llama, llama_lora):
     merged = reg.merge(base="llama", adapters=["chat"], name="m")
     dry = reg.gc(evict=[merged.ref], dry_run=True)
     assert dry.evicted == (merged.ref,) and dry.bytes_freed > 0
-    assert reg.get(merged.ref).stored  # nothing changed
+    assert reg.get(ref=merged.ref).stored  # nothing changed
     real = reg.gc(evict=[merged.ref])
     assert (real.evicted, real.bytes_freed, real.blobs_removed) == (dry.evicted, dry.bytes_freed, dry.blobs_removed)
-    assert not reg.get(merged.ref).stored
+    assert not reg.get(ref=merged.ref).stored
     assert reg.gc(evict=[merged.ref]).evicted == ()  # already recipe only

@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from lorareg.errors import HubError, NotFoundError
-from lorareg.registry.hub import download, is_hub_uri, parse_hub_uri, push_folder
+from lorareg.registry.hub_client import download, is_hub_uri, parse_hub_uri, push_folder
 
 from tests.support.hub_helpers import SHARDS
 from tests.support.hub_helpers import assert_one_line as _assert_one_line

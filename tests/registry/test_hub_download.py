@@ -14,7 +14,7 @@ from tests.support.hub_helpers import checkpoint_folder as _folder
 from tests.support.hub_helpers import push as _push
 from tests.support.hub_state import ALICE
 from lorareg.errors import CheckpointError, HubError, PickleRefusedError
-from lorareg.registry.hub import download, push_folder
+from lorareg.registry.hub_client import download, push_folder
 
 
 # -- download -------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def test_merge_records_recipe_and_matches_peft(seeded, llama, llama_lora, tmp_pa
     assert recipe["base"]["ref"] == "llama@1" and recipe["adapters"][0]["ref"] == "chat@1"
     assert recipe["adapters"][0]["weight"] == 1.0 and recipe["method"] == "linear"
     assert recipe["dtype"] == "float32" and set(recipe["versions"]) >= {"torch", "peft", "safetensors"}
-    assert recipe["adapters"][0]["digest"] == seeded.get("chat").digest
+    assert recipe["adapters"][0]["digest"] == seeded.get(ref="chat").digest
     out = tmp_path / "export"
     seeded.export(ref=info.ref, dest=out)
     ours = {}
@@ -59,10 +59,10 @@ def test_identical_recipe_returns_existing_version(seeded):
 
 
 def test_random_method_records_chosen_seed(seeded):
-    info = seeded.merge(base="llama", adapters=["chat", "code"], name="mix", method="dare_linear", density=0.5)
+    info = seeded.merge(base="llama", adapters=["chat", "code"], name="mix", method="dare_linear", params={"density": 0.5})
     seed = info.details["recipe"]["seed"]
     assert isinstance(seed, int)
-    again = seeded.merge(base="llama", adapters=["chat", "code"], name="mix", method="dare_linear", density=0.5,
+    again = seeded.merge(base="llama", adapters=["chat", "code"], name="mix", method="dare_linear", params={"density": 0.5},
                          seed=seed)
     assert again.existed and again.digest == info.digest
 
@@ -122,9 +122,38 @@ def test_cli_export_rebuild_diff_gc(seeded, tmp_path):
     ok("export", "pair@2", tmp_path / "out")
     assert (tmp_path / "out" / "config.json").exists()
     d = json.loads(ok("diff", "pair@1", "pair@2", "--json"))
-    assert d["same_digest"] is False and "adapters" in d["recipe"]
+    assert d["same_digest"] is False and "adapters" in [c["field"] for c in d["recipe"]]
     freed = json.loads(ok("gc", "--evict", "pair@1", "--json"))
     assert freed["evicted"] == ["pair@1"] and freed["bytes_freed"] > 0
     assert "(recipe only)" in ok("lineage", "pair@1")
     text = ok("ls", "merges")
     assert "recipe" in text
+
+
+def test_concurrent_merges_under_one_name_get_cards_with_their_own_numbers(seeded):
+    """Four processes merge different recipes under one name at once: versions 1-4, and each
+    version's model card names the number its row got (decided once, when the row is written)."""
+    import subprocess
+    import sys
+
+    from huggingface_hub import ModelCard
+
+    from lorareg import Registry
+
+    code = ("import sys; from lorareg import Registry; "
+            "Registry.open().merge(base='llama', adapters=[f'chat:{sys.argv[1]}'], name='race')")
+    procs = [subprocess.Popen([sys.executable, "-c", code, w], stderr=subprocess.PIPE, text=True)
+             for w in ("0.1", "0.2", "0.3", "0.4")]
+    errors = [p.communicate()[1] for p in procs if p.wait() != 0]
+    assert not errors, errors
+    with Registry.open() as reg:
+        versions = reg.ls(name="race")
+        assert sorted(v.version for v in versions) == [1, 2, 3, 4]
+        weights = set()
+        for v in versions:
+            card = ModelCard.load(v.path / "README.md")
+            assert card.data.to_dict()["lorareg"]["version"] == v.version
+            assert card.text.lstrip().startswith(f"# race v{v.version}")
+            assert card.data.to_dict()["lorareg"]["digest"] == v.digest
+            weights.add(reg.get(ref=v.ref).details["recipe"]["adapters"][0]["weight"])
+        assert weights == {0.1, 0.2, 0.3, 0.4}

@@ -51,6 +51,6 @@ def test_newer_database_is_refused(tmp_path):
 def test_registry_open_is_idempotent(tmp_path):
     from lorareg import Registry
 
-    Registry.open(tmp_path / "h").close()
-    with Registry.open(tmp_path / "h") as reg:
+    Registry.open(home=tmp_path / "h").close()
+    with Registry.open(home=tmp_path / "h") as reg:
         assert reg.ls() == []

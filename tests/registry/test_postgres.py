@@ -59,15 +59,15 @@ def test_registry_on_postgres(pg_url, tmp_path, llama, llama_lora):
     from lorareg import Registry
     from lorareg.registry import db
 
-    with Registry.open(tmp_path / "home", database_url=pg_url) as reg:
+    with Registry.open(home=tmp_path / "home", database_url=pg_url) as reg:
         base = reg.add_base(path=llama, name="llama")
         assert reg.add_base(path=llama, name="llama").existed
         reg.add_adapter(path=llama_lora, base="llama", name="chat")
         reg.set_alias(name="llama", alias="prod", version=1)
-        assert reg.get("llama@prod").digest == base.digest
+        assert reg.get(ref="llama@prod").digest == base.digest
         assert [v.ref for v in reg.ls()] == ["chat@1", "llama@1"]
-        command.check(db.alembic_config(reg.engine))  # models match the revisions on PostgreSQL too
-        assert reg.engine.dialect.name == "postgresql"
+        command.check(db.alembic_config(db.make_engine(pg_url)))  # models match the revisions on PostgreSQL too
+        assert reg.location().database.startswith("postgresql")
 
 
 def test_concurrent_writers_get_distinct_versions(pg_url, tmp_path):
@@ -81,19 +81,19 @@ def test_concurrent_writers_get_distinct_versions(pg_url, tmp_path):
 
     def add(folder):
         try:
-            with Registry.open(tmp_path / "home2", database_url=pg_url) as reg:
+            with Registry.open(home=tmp_path / "home2", database_url=pg_url) as reg:
                 reg.add_base(path=folder, name="race")
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    Registry.open(tmp_path / "home2", database_url=pg_url).close()
+    Registry.open(home=tmp_path / "home2", database_url=pg_url).close()
     threads = [threading.Thread(target=add, args=(f,)) for f in folders]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors, errors
-    with Registry.open(tmp_path / "home2", database_url=pg_url) as reg:
+    with Registry.open(home=tmp_path / "home2", database_url=pg_url) as reg:
         assert sorted(v.version for v in reg.ls(name="race")) == [1, 2, 3, 4]
 
 
@@ -104,13 +104,13 @@ def test_team_registry_shares_rows_and_blobs(pg_url, tmp_path, llama, llama_lora
     from lorareg import Registry
 
     shared = tmp_path / "team-blobs"
-    with Registry.open(tmp_path / "alice", database_url=pg_url, blobs=shared) as alice:
+    with Registry.open(home=tmp_path / "alice", database_url=pg_url, blobs=shared) as alice:
         alice.add_base(path=llama, name="team-llama")
         alice.add_adapter(path=llama_lora, base="team-llama", name="team-chat")
         merged = alice.merge(base="team-llama", adapters=["team-chat:0.5"], name="team-merge")
-    with Registry.open(tmp_path / "bob", database_url=pg_url, blobs=shared) as bob:
-        info = bob.get(merged.ref)
-        folder = bob.materialize_path(info)  # bob's own folder of links into the shared blobs
+    with Registry.open(home=tmp_path / "bob", database_url=pg_url, blobs=shared) as bob:
+        info = bob.get(ref=merged.ref)
+        folder = bob.folder(ref=info.ref)  # bob's own folder of links into the shared blobs
         assert folder.is_relative_to(tmp_path / "bob")
         AutoModelForCausalLM.from_pretrained(folder)
         assert bob.verify(ref=merged.ref)[0].ok

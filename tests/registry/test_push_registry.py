@@ -50,7 +50,7 @@ def test_push_merged_versions_and_download_by_tag(hub, reg, llama, llama_lora, l
                                cache_dir=tmp_path / "cache")
     card = ModelCard.load(f"{folder}/README.md")
     assert card.data.base_model_relation == "merge" and {"lora", "merge", "lorareg"} <= set(card.data.tags)
-    assert v2.digest in card.text and reg.get("chat").digest in card.text
+    assert v2.digest in card.text and reg.get(ref="chat").digest in card.text
     assert ALICE not in card.text
     model = AutoModelForCausalLM.from_pretrained(folder)
     exported = tmp_path / "v2"
@@ -61,7 +61,7 @@ def test_push_merged_versions_and_download_by_tag(hub, reg, llama, llama_lora, l
 
 
 def test_add_base_from_hub_pins_commit(hub, reg, llama, monkeypatch):
-    from lorareg.registry.hub import push_folder
+    from lorareg.registry.hub_client import push_folder
 
     res = push_folder(folder=llama, repo_id="alice/tiny-llama", tag="release", token=ALICE, commit_message="up")
     monkeypatch.setenv("HF_TOKEN", ALICE)
@@ -76,7 +76,7 @@ def test_add_base_from_hub_pins_commit(hub, reg, llama, monkeypatch):
 def test_pushed_card_names_the_hub_base(hub, reg, llama, llama_lora, monkeypatch, tmp_path):
     from huggingface_hub import ModelCard, hf_hub_download
 
-    from lorareg.registry.hub import push_folder
+    from lorareg.registry.hub_client import push_folder
 
     push_folder(folder=llama, repo_id="alice/tiny-llama", tag="v1", token=ALICE, commit_message="up")
     monkeypatch.setenv("HF_TOKEN", ALICE)
@@ -115,8 +115,8 @@ def test_push_refuses_a_corrupt_store_file(hub, reg, llama, monkeypatch):
 
     monkeypatch.setenv("HF_TOKEN", ALICE)
     info = reg.add_base(path=llama, name="llama")
-    sha = next(f.sha256 for f in info.files if f.path == "model.safetensors")
-    blob = reg.home.blobs / "sha256" / sha[:2] / sha[2:]
+    sha = info.files["model.safetensors"].sha256
+    blob = reg.location().blobs / "sha256" / sha[:2] / sha[2:]
     os.chmod(blob, 0o644)
     data = bytearray(blob.read_bytes())
     data[-1] ^= 1

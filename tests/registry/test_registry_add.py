@@ -17,7 +17,7 @@ def test_add_base_stores_files_and_loads_with_transformers(reg, llama):
     info = reg.add_base(path=llama, name="llama")
     assert info.ref == "llama@1" and info.kind == "base" and info.version == 1
     assert info.digest.startswith("sha256:") and len(info.digest) == 71
-    assert {f.path for f in info.files} >= {"config.json", "model.safetensors", "tokenizer.json"}
+    assert set(info.files) >= {"config.json", "model.safetensors", "tokenizer.json"}
     assert info.details["architecture"] == "LlamaForCausalLM"
     assert info.details["param_count"] > 0
     # the version folder is links into the store, and loads as a normal checkpoint
@@ -40,11 +40,11 @@ def test_new_content_under_same_name_is_next_version(reg, llama, tmp_path):
     other = make_llama(tmp_path / "llama-b", seed=7)
     v2 = reg.add_base(path=other, name="llama")
     assert v2.ref == "llama@2"
-    assert reg.get("llama").version == 2  # latest, no alias set
+    assert reg.get(ref="llama").version == 2  # latest, no alias set
     reg.set_alias(name="llama", alias="current", version=1)
-    assert reg.get("llama").version == 1  # `current` wins
-    assert reg.get("llama@2").digest == v2.digest
-    assert reg.get("llama@current").version == 1
+    assert reg.get(ref="llama").version == 1  # `current` wins
+    assert reg.get(ref="llama@2").digest == v2.digest
+    assert reg.get(ref="llama@current").version == 1
 
 
 def test_digest_independent_of_sharding(reg, tmp_path):
@@ -63,8 +63,8 @@ def test_reference_base_detects_changes(reg, llama, tmp_path):
     shutil.copytree(llama, folder)
     info = reg.add_base(path=folder, name="refllama", reference=True)
     assert not info.stored and info.path == folder.resolve()
-    assert not any((reg.home.blobs / "sha256").rglob("*")) or all(
-        p.stat().st_size < 10_000 for p in (reg.home.blobs / "sha256").rglob("*") if p.is_file()
+    assert not any((reg.location().blobs / "sha256").rglob("*")) or all(
+        p.stat().st_size < 10_000 for p in (reg.location().blobs / "sha256").rglob("*") if p.is_file()
     )  # only the small manifest blob is stored
     assert reg.verify(ref="refllama")[0].ok
     cfg = json.loads((folder / "config.json").read_text())
@@ -84,7 +84,7 @@ def test_pickle_base_is_converted_with_allow_pickle(reg, llama, tmp_path):
     torch.save(load_file(llama / "model.safetensors"), folder / "pytorch_model.bin")
     info = reg.add_base(path=folder, name="pickled", allow_pickle=True)
     assert reg.add_base(path=llama, name="orig").digest == info.digest
-    assert {f.path for f in info.files} == {"config.json", "model.safetensors"}
+    assert set(info.files) == {"config.json", "model.safetensors"}
 
 
 def test_add_adapter_checks_and_records_config(reg, llama, llama_lora):
@@ -106,7 +106,7 @@ def test_adapter_for_another_architecture_is_refused(reg, llama, gpt2_lora):
 
 def test_unknown_reference(reg):
     with pytest.raises(NotFoundError) as exc:
-        reg.get("nothing@3")
+        reg.get(ref="nothing@3")
     assert "lorareg ls" in exc.value.hint
 
 

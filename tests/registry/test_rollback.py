@@ -46,7 +46,7 @@ def _tensors(folder):
                                             ("dare_ties", 0.6), ("magnitude_prune", 0.5)])
 def test_rebuild_matches_digest_for_every_method(three, method, density):
     info = three.merge(base="llama", adapters=["a", "b:0.5"], name=f"m-{method.replace('_', '-')}",
-                       method=method, density=density)
+                       method=method, params={"density": density} if density is not None else None)
     res = three.rebuild(ref=info.ref)
     assert res.ok and res.rebuilt_digest == info.digest
 
@@ -58,50 +58,50 @@ def test_keep_recipe_and_gc_evict(three, tmp_path):
     full = three.merge(base="llama", adapters=["b"], name="full")
     res = three.gc(evict=[full.ref])
     assert full.ref in res.evicted and res.bytes_freed > 0
-    assert not three.get(full.ref).stored
+    assert not three.get(ref=full.ref).stored
     # export rebuilds first, checks the digest, then writes
     three.export(ref=full.ref, dest=tmp_path / "out")
     assert "model.safetensors" in os.listdir(tmp_path / "out")
-    assert not three.get(full.ref).stored  # export rebuilt into scratch; the version stays recipe only
+    assert not three.get(ref=full.ref).stored  # export rebuilt into scratch; the version stays recipe only
     assert three.rebuild(ref=full.ref).ok
-    assert three.materialize(kept.ref).stored
+    assert three.materialize(ref=kept.ref).stored
 
 
 def test_rollback_middle_adapter_equals_fresh_two_adapter_merge(three):
     two = three.merge(base="llama", adapters=["a:1.0", "c:0.3"], name="mix")
     three_ = three.merge(base="llama", adapters=["a:1.0", "b:0.5", "c:0.3"], name="mix")
-    rolled = three.rollback(ref=three_.ref, adapter="b", message="b regressed")
+    rolled = three.rollback_adapter(ref=three_.ref, adapter="b", message="b regressed")
     assert rolled.ref == "mix@3" and rolled.digest == two.digest
     assert rolled.details["parent"] == three_.ref
     # subtract: from the merged weights alone, within one ulp of the exact result
-    sub = three.rollback(ref=three_.ref, adapter="b", strategy="subtract")
-    dev = sub.details["recipe"]["subtract_deviation"]
+    sub = three.rollback_adapter(ref=three_.ref, adapter="b", strategy="subtract")
+    dev = sub.details["outcome"]["subtract_deviation"]
     assert dev["measured"] and dev["max_ulp_of_merged"] <= 1.0
     from lorareg.merge.compare import deviation_in_source_ulps
 
-    assert deviation_in_source_ulps(three.get(two.ref).path, sub.path, three.get(three_.ref).path) <= 1.0
+    assert deviation_in_source_ulps(three.get(ref=two.ref).path, sub.path, three.get(ref=three_.ref).path) <= 1.0
     assert three.rebuild(ref=sub.ref).ok  # a subtract version is rebuildable too
 
 
 def test_rollback_last_adapter_gives_base(three):
     one = three.merge(base="llama", adapters=["a"], name="solo")
-    back = three.rollback(ref=one.ref, adapter="a")
-    assert back.digest == three.get("llama").digest
+    back = three.rollback_adapter(ref=one.ref, adapter="a")
+    assert back.digest == three.get(ref="llama").digest
 
 
 def test_subtract_refused_for_ties(three):
-    info = three.merge(base="llama", adapters=["a", "b"], name="t", method="ties", density=0.5)
+    info = three.merge(base="llama", adapters=["a", "b"], name="t", method="ties", params={"density": 0.5})
     with pytest.raises(LoraregError, match="linear"):
-        three.rollback(ref=info.ref, adapter="a", strategy="subtract")
+        three.rollback_adapter(ref=info.ref, adapter="a", strategy="subtract")
 
 
 def test_alias_rollback_and_log(three):
     three.merge(base="llama", adapters=["a"], name="svc")
     three.merge(base="llama", adapters=["b"], name="svc")
     three.set_alias(name="svc", alias="current", version=2)
-    assert three.get("svc").version == 2
-    three.rollback(ref="svc", to=1)
-    assert three.get("svc").version == 1
+    assert three.get(ref="svc").version == 2
+    three.rollback_alias(name="svc", to=1)
+    assert three.get(ref="svc").version == 1
     actions = [(e.action, e.ref) for e in three.log(ref="svc")]
     assert actions[0] == ("rollback", "svc@current")
     moves = three.alias_history(name="svc", alias="current")
@@ -115,21 +115,21 @@ def test_alias_rollback_and_log(three):
 
 def test_corrupted_blob_is_reported_with_affected_versions(three):
     info = three.merge(base="llama", adapters=["a"], name="v")
-    sha = next(f.sha256 for f in info.files if f.path.endswith(".safetensors"))
-    blob = three.home.blobs / "sha256" / sha[:2] / sha[2:]
+    sha = next(f.sha256 for path, f in info.files.items() if path.endswith(".safetensors"))
+    blob = three.location().blobs / "sha256" / sha[:2] / sha[2:]
     os.chmod(blob, 0o644)
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 1
     blob.write_bytes(bytes(data))
-    results = three.verify(all=True)
+    results = three.verify(all_versions=True)
     bad = [r for r in results if not r.ok]
     assert any(r.ref == info.ref for r in bad)
 
 
 def test_lineage_json_three_generations(three):
     g1 = three.merge(base="llama", adapters=["a", "b"], name="fam")
-    g2 = three.rollback(ref=g1.ref, adapter="b")
-    g3 = three.rollback(ref=g2.ref, adapter="a")
+    g2 = three.rollback_adapter(ref=g1.ref, adapter="b")
+    g3 = three.rollback_adapter(ref=g2.ref, adapter="a")
     r = CliRunner().invoke(cli, ["lineage", g3.ref, "--json"])
     assert r.exit_code == 0, r.output
     graph = json.loads(r.output)
@@ -141,7 +141,7 @@ def test_lineage_json_three_generations(three):
     text = CliRunner().invoke(cli, ["lineage", g1.ref]).output
     assert "llama@1" in text and "adapter" in text
     d = three.diff(a=g1.ref, b=g2.ref)
-    assert "adapters" in d["recipe"] and d["tensors"]
+    assert "adapters" in [c.field for c in d.recipe] and d.tensors
 
 
 def test_rebuild_mismatch_reports_tensors_and_exits_1(three):
@@ -149,7 +149,7 @@ def test_rebuild_mismatch_reports_tensors_and_exits_1(three):
     import sqlite3
 
     info = three.merge(base="llama", adapters=["a", "b:0.5"], name="drifted")
-    con = sqlite3.connect(three.home.db_path)
+    con = sqlite3.connect(three.location().home / "registry.db")
     recipe = json.loads(con.execute("SELECT recipe_json FROM merges").fetchone()[0])
     recipe["adapters"][1]["weight"] = 0.25  # as if the arithmetic had changed under the same recipe
     recipe["versions"]["torch"] = "0.0.1"

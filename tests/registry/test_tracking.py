@@ -24,9 +24,9 @@ def test_params_metrics_tags_and_search(reg, llama, tmp_path):
     assert t.params == {"lr": 1e-4, "epochs": 3} and t.metrics == {"eval_loss": 1.5}
     assert [(p.step, p.value) for p in t.history] == [(10, 2.0), (20, 1.5)]
     ranked = reg.search(tags={"stage": "candidate"}, order_by="metric:eval_loss")
-    assert [v.ref for v, _ in ranked] == [a.ref, b.ref]
-    assert [v.ref for v, _ in reg.search(params={"lr": 2e-4})] == [b.ref]
-    assert [v.ref for v, _ in reg.search(order_by="param:lr", descending=True)] == [b.ref, a.ref]
+    assert [hit.ref for hit in ranked] == [a.ref, b.ref]
+    assert [hit.ref for hit in reg.search(params={"lr": 2e-4})] == [b.ref]
+    assert [hit.ref for hit in reg.search(order_by="param:lr", descending=True)] == [b.ref, a.ref]
     with pytest.raises(LoraregError):
         reg.log_metrics(ref=a.ref, metrics={"loss": float("nan")})
     with pytest.raises(LoraregError):

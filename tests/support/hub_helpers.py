@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lorareg.errors import HubError
-from lorareg.registry.hub import push_folder
+from lorareg.registry.hub_client import push_folder
 
 from .hub_state import ALICE, BOB
 

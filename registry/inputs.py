@@ -1,18 +1,18 @@
-"""Checking what a user hands us before anything is written: is it a checkpoint, an
-adapter, safetensors or pickle; and reading the facts `show` prints."""
+"""Checking the folders a user hands us before anything is written: is it a checkpoint or
+an adapter, safetensors or pickle (converted by ``lorareg.merge.pickle_convert``, under the
+one pickle policy in ``lorareg.store.pickles``); and the facts ``show`` prints of a base."""
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lorareg.errors import CheckpointError, NotFoundError, PickleRefusedError
+from lorareg.store.pickles import is_pickle
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 ADAPTER_CONFIG = "adapter_config.json"
 
 
@@ -45,7 +45,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _weights(folder: Path, *, allow_pickle: bool, stem: str) -> tuple[list[Path], list[Path]]:
     safetensors = sorted(folder.glob("*.safetensors"))
-    pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    pickles = sorted(p for p in folder.iterdir() if is_pickle(p.name) and p.is_file())
     if not safetensors and pickles and not allow_pickle:
         raise PickleRefusedError(f"{folder} holds only pickle weights ({pickles[0].name}); pickle can run code when loaded")
     if not safetensors and not pickles:
@@ -63,7 +63,7 @@ def check_base(path: Path, *, allow_pickle: bool, scratch: Path) -> Checked:
     safetensors, pickles = _weights(folder, allow_pickle=allow_pickle, stem="model")
     if safetensors:
         return Checked(folder, False)
-    return Checked(convert_pickle(folder, pickles, scratch, out_name="model.safetensors"), True)
+    return Checked(_converted(folder, pickles, scratch, out_name="model.safetensors"), True)
 
 
 def check_adapter(path: Path, *, allow_pickle: bool, scratch: Path) -> Checked:
@@ -75,37 +75,13 @@ def check_adapter(path: Path, *, allow_pickle: bool, scratch: Path) -> Checked:
     safetensors, pickles = _weights(folder, allow_pickle=allow_pickle, stem="adapter_model")
     if safetensors:
         return Checked(folder, False)
-    return Checked(convert_pickle(folder, pickles, scratch, out_name="adapter_model.safetensors"), True)
+    return Checked(_converted(folder, pickles, scratch, out_name="adapter_model.safetensors"), True)
 
 
-def convert_pickle(folder: Path, pickles: list[Path], scratch: Path, *, out_name: str) -> Path:
-    """Load pickle weights with ``weights_only=True`` (no code runs) and write one
-    safetensors file next to copies of the other files."""
-    import torch
-    from safetensors.torch import save_file
+def _converted(folder: Path, pickles: list[Path], scratch: Path, *, out_name: str) -> Path:
+    from lorareg.merge.pickle_convert import convert_pickle  # torch: only when there is a pickle
 
-    tensors: dict[str, Any] = {}
-    for p in pickles:
-        try:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"cannot load {p.name} with weights_only=True: {str(exc).splitlines()[0]}",
-                                  hint="re-save the weights as safetensors") from exc
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{p.name} does not hold a state dict", hint="re-save the weights as safetensors")
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor):
-                tensors[key] = value.detach().contiguous().clone()  # clone: tied tensors share storage
-    scratch.mkdir(parents=True, exist_ok=True)
-    out = Path(scratch) / f"converted-{folder.name}"
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir()
-    for f in folder.iterdir():
-        if f.is_file() and f.suffix not in PICKLE_SUFFIXES and not f.name.endswith(".index.json"):
-            shutil.copy2(f, out / f.name)
-    save_file(tensors, str(out / out_name), metadata={"format": "pt"})
-    return out
+    return convert_pickle(folder, pickles, scratch, out_name=out_name)
 
 
 def describe_base(folder: Path, tensors: Any) -> dict[str, Any]:

@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from sqlmodel import Session, select
 
-from lorareg.errors import CheckpointError, IntegrityError, NotFoundError
+from lorareg.errors import CheckpointError, IntegrityError, LoraregError, NotFoundError
+from lorareg.registry import events, lookup
 from lorareg.registry import models as m
+from lorareg.registry.context import Context
 from lorareg.registry.results import VerifyResult
 
-if TYPE_CHECKING:
-    from lorareg.registry.api import Registry
+
+def verify(ctx: Context, *, ref: str | None, all_versions: bool,
+           progress: Callable[[int], None] | None = None) -> list[VerifyResult]:
+    """Re-hash the files of ``ref`` (or of every version and every blob)."""
+    if not ref and not all_versions:
+        raise LoraregError("say what to verify", hint="lorareg verify NAME@VERSION, or lorareg verify --all")
+    with ctx.session() as session:
+        rows = [lookup.resolve(session, ref)] if ref else session.exec(select(m.Version).order_by(m.Version.id)).all()
+        bad = ctx.blobs.verify_all() if all_versions else None  # every blob hashed once
+        results = [verify_version(ctx, session, r, progress=progress, hashed=None if bad is None else set(bad))
+                   for r in rows]
+        if bad:
+            results += verify_blobs(session, bad)
+        events.record(session, "verify", ref=ref or "*", ok=all(r.ok for r in results))
+        session.commit()
+        return results
 
 
-def verify_version(reg: "Registry", session: Session, row: m.Version, *, progress=None,
+def verify_version(ctx: Context, session: Session, row: m.Version, *, progress=None,
                    hashed: set[str] | None = None) -> VerifyResult:
     """Re-hash ``row``'s files.  With ``hashed`` (the corrupt blobs of a whole-store pass that
     already re-hashed every blob), blobs are looked up instead of hashed a second time."""
@@ -28,8 +44,8 @@ def verify_version(reg: "Registry", session: Session, row: m.Version, *, progres
         for f in files:
             try:
                 if hashed is None:
-                    reg.blobs.verify(f.sha256)
-                elif not reg.blobs.has(f.sha256):
+                    ctx.blobs.verify(f.sha256)
+                elif not ctx.blobs.has(f.sha256):
                     raise NotFoundError(f.sha256)
                 elif f.sha256 in hashed:
                     raise IntegrityError(f.sha256)
@@ -68,7 +84,7 @@ def _verify_reference(source: str, files, digest: str, progress) -> list[str]:
     return problems
 
 
-def verify_blobs(reg: "Registry", session: Session, bad: list[str]) -> list[VerifyResult]:
+def verify_blobs(session: Session, bad: list[str]) -> list[VerifyResult]:
     """A result for each corrupt blob no version's files name (tensor manifests, orphans)."""
     out = []
     for sha in bad:

@@ -23,6 +23,7 @@ from urllib.parse import quote, unquote
 from lorareg.errors import (CheckpointError, HubError, IntegrityError, LoraregError, NotFoundError,
                             PickleRefusedError)
 from lorareg.registry.hub_errors import to_hub_error
+from lorareg.store.pickles import HUB_PICKLE_PATTERNS
 from lorareg.registry.hub_errors import translated as _translated
 
 if TYPE_CHECKING:
@@ -37,7 +38,6 @@ _REF = re.compile(r"[A-Za-z0-9_][\w.+/-]{0,127}")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 # What a checkpoint needs: weights, configs, tokenizer and generation files, chat templates.
 _ALLOW = ["*.safetensors", "*.json", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
-_PICKLE = ["*.bin", "*.pt", "*.pth"]
 # Top level only: subfolders hold training checkpoints, ONNX or original-format copies.
 _IGNORE = ["*/*"]
 # The Hub seeds every repo with this file; a pushed version is compared without it.
@@ -106,7 +106,7 @@ def download(*, repo_id: str, revision: str | None, allow_pickle: bool = False, 
     with _translated(repo_id=repo_id, endpoint=ep, revision=asked, token=token, offline=offline):
         path = Path(snapshot_download(
             repo_id, revision=asked, cache_dir=cache_dir, endpoint=ep, token=token, local_files_only=offline,
-            allow_patterns=_ALLOW + (_PICKLE if allow_pickle else []), ignore_patterns=_IGNORE,
+            allow_patterns=_ALLOW + (list(HUB_PICKLE_PATTERNS) if allow_pickle else []), ignore_patterns=_IGNORE,
         ))
     # The cache names each snapshot folder after the commit the revision resolved to.
     commit_sha = path.name
@@ -252,7 +252,7 @@ def _local_files(folder: Path, card: str | None, expected: Mapping[str, str] | N
 def _check_weights(path: Path, *, repo_id: str, commit_sha: str, kind: str, allow_pickle: bool,
                    cache_dir: Path | None) -> None:
     safe, pickled = (["adapter_model.safetensors"], ["adapter_model.bin"]) if kind == "adapter" \
-        else (["*.safetensors"], _PICKLE)
+        else (["*.safetensors"], list(HUB_PICKLE_PATTERNS))
     names = [p.name for p in path.iterdir() if p.is_file()]
     if _any_match(names, safe + (pickled if allow_pickle else [])):
         return

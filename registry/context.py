@@ -1,0 +1,48 @@
+"""What every registry module works with: the home folder, the database and the blob store.
+
+Modules behind the ``Registry`` facade take a ``Context`` and call each other, never the
+facade, so a road through the registry passes the facade once, on the way in."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lorareg.registry.home import Home
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlmodel import Session
+
+    from lorareg.store.blobs import BlobStore
+
+
+@dataclass(frozen=True)
+class Context:
+    home: Home
+    db: "Engine"
+    blobs: "BlobStore"
+
+    @classmethod
+    def open(cls, *, home: str | os.PathLike[str] | None = None, database_url: str | None = None,
+             blobs: str | os.PathLike[str] | None = None) -> "Context":
+        """Create the folders if needed and bring the database schema to head."""
+        from lorareg.registry.db import make_engine, sqlite_url, upgrade
+        from lorareg.store.blobs import BlobStore
+
+        h = Home.resolve(home, blobs)
+        h.ensure()
+        url = database_url or os.environ.get("LORAREG_DATABASE_URL") or sqlite_url(h.db_path)
+        engine = make_engine(url)
+        upgrade(engine)
+        return cls(home=h, db=engine, blobs=BlobStore(h.blobs))
+
+    def session(self) -> "Session":
+        """A session whose rows stay readable after commit (they are turned into results)."""
+        from sqlmodel import Session
+
+        return Session(self.db, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.db.dispose()

@@ -1,0 +1,169 @@
+"""The one road from a recipe to an output folder: a merge, an adapter output (cat/svd), a
+copy of the base (no adapters left) or a subtraction.  ``merge``, ``rebuild``, ``rollback``,
+``export`` and materialising a recipe-only version all come here, so they cannot drift apart.
+
+The output has no README.md: the model card names the version number, which only
+``register`` decides; it adds the card when it registers or stores the output."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorareg.errors import IntegrityError, LoraregError, MergeError
+from lorareg.registry import lookup
+from lorareg.registry import models as m
+from lorareg.registry.context import Context
+from lorareg.registry.recipe import Recipe, resolve_dtype
+from lorareg.registry.register import CARD, folder_of
+from lorareg.registry.results import FileDigest
+from lorareg.registry.version_info import stored_recipe
+
+Progress = Callable[[int, int, str], None] | None
+
+
+@dataclass(frozen=True)
+class Produced:
+    folder: Path  # a scratch folder under LORAREG_HOME/tmp; ``discard()`` removes it
+    digest: str
+    files: dict[str, FileDigest]
+    outcome: dict[str, Any] = field(default_factory=dict)  # what the run reported: notes, counts, ...
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder.parent, ignore_errors=True)
+
+
+def produce(ctx: Context, recipe: Recipe, *, recipe_digest: str | None = None, progress: Progress = None) -> Produced:
+    """Run ``recipe`` into a new scratch folder (the caller stores or discards it)."""
+    work = Path(tempfile.mkdtemp(prefix="merge-", dir=ctx.home.tmp))
+    out = work / "out"
+    try:
+        with ExitStack() as temporary_inputs:
+            if recipe.subtracted is not None:
+                return _subtract(ctx, recipe, out, recipe_digest, progress, temporary_inputs)
+            base, adapters = _inputs(ctx, recipe)
+            if not adapters:
+                return _base_copy(ctx, recipe, base, out)
+            if recipe.output == "model":
+                return _merge(recipe, base, adapters, out, recipe_digest, progress)
+            return _as_adapter(recipe, base, adapters, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def produce_version(ctx: Context, ref: str, *, progress: Progress = None) -> tuple[m.Version, Produced]:
+    """Re-run a merged version's recipe and check the digest before anyone uses the output."""
+    with ctx.session() as session:
+        row = lookup.resolve(session, ref, kind="merge")
+        recipe = stored_recipe(session, row)
+        recorded = session.get(m.Merge, row.id).recipe_digest
+    produced = produce(ctx, recipe, recipe_digest=recorded, progress=progress)
+    if produced.digest != row.digest:
+        produced.discard()
+        raise IntegrityError(
+            f"rebuilding {lookup.ref_of(row)} gave {produced.digest}, not the recorded {row.digest}",
+            hint=f"run: lorareg rebuild {lookup.ref_of(row)} for a report of what differs")
+    return row, produced
+
+
+def _inputs(ctx: Context, recipe: Recipe) -> tuple[Path, list[tuple[Path, float]]]:
+    """Folders of the recipe's inputs, found by reference and checked against its digests."""
+    with ctx.session() as session:
+        base = lookup.resolve(session, recipe.base.ref)
+        if base.digest != recipe.base.digest:
+            raise LoraregError(f"{recipe.base.ref} no longer has the digest the recipe recorded",
+                               hint="run: lorareg verify --all")
+        base_folder = folder_of(ctx, session, base)
+        adapters = [(folder_of(ctx, session, lookup.resolve(session, a.ref)), a.weight) for a in recipe.adapters]
+    if recipe.allow_base_mismatch:
+        from lorareg.merge import check_adapter_fits
+
+        for path, _ in adapters:
+            check_adapter_fits(base=base_folder, adapter=path)
+    return base_folder, adapters
+
+
+def _plan(recipe: Recipe, base: Path, adapters: list[tuple[Path, float]]):
+    from lorareg.merge import AdapterInput, MergePlan
+    from lorareg.merge.methods import get_method
+
+    # A recipe recorded before methods declared their parameters may carry one its method
+    # never used (majority_sign_method on linear was accepted and ignored): ignored still.
+    declared = {p.name for p in get_method(recipe.method).params}
+    return MergePlan(base=base, adapters=tuple(AdapterInput(p, w) for p, w in adapters), method=recipe.method,
+                     params={k: v for k, v in recipe.params.items() if k in declared}, seed=recipe.seed, dtype=recipe.dtype,
+                     adapter_dtype=recipe.adapter_dtype, max_shard_size=recipe.max_shard_size)
+
+
+def _merge(recipe: Recipe, base: Path, adapters: list[tuple[Path, float]], out: Path, recipe_digest: str | None,
+           progress: Progress) -> Produced:
+    from lorareg.merge import merge
+
+    res = merge(_plan(recipe, base, adapters), out, recipe_digest=recipe_digest or recipe.digest(),
+                progress=progress)
+    return _without_card(out, res.digest, res.files, {
+        "notes": list(res.notes), "tensors_changed": res.tensors_changed, "tensors_total": res.tensors_total})
+
+
+def _as_adapter(recipe: Recipe, base: Path, adapters: list[tuple[Path, float]], out: Path) -> Produced:
+    from lorareg.merge.as_adapter import combine_to_adapter
+    from lorareg.store.digest import checkpoint_digest
+
+    res = combine_to_adapter(adapters=adapters, base=base, out_dir=out, kind=recipe.output, rank=recipe.rank)
+    cd = checkpoint_digest(out)
+    return _without_card(out, cd.digest, cd.files, {
+        "notes": list(res.notes), "module_errors": dict(res.module_errors), "output_rank": res.rank})
+
+
+def _base_copy(ctx: Context, recipe: Recipe, base: Path, out: Path) -> Produced:
+    """A recipe with no adapters left is the base itself: its tensors, byte for byte."""
+    from lorareg.store.digest import checkpoint_digest
+
+    with ctx.session() as session:
+        row = lookup.resolve(session, recipe.base.ref)
+        base_dtype = session.get(m.Base, row.id).dtype
+        names = [f.path for f in lookup.file_rows(session, row) if f.path != CARD]
+    if recipe.dtype != resolve_dtype("auto", base_dtype):
+        raise MergeError("removing the last adapter leaves the base, but this merge changed its dtype",
+                         hint="use the base version itself, or merge it again with --dtype auto")
+    out.mkdir(parents=True)
+    for name in names:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(base / name, out / name)
+    cd = checkpoint_digest(out)
+    return Produced(out, cd.digest, dict(cd.files), {"notes": ["no adapters remain: the output is the base"]})
+
+
+def _subtract(ctx: Context, recipe: Recipe, out: Path, recipe_digest: str | None, progress: Progress,
+              temporary_inputs: ExitStack) -> Produced:
+    """W_merged + (-w) * dW: the engine's own linear path, with the merged version as its base."""
+    from lorareg.merge import AdapterInput, MergePlan, merge
+
+    sub = recipe.subtracted
+    with ctx.session() as session:
+        source = lookup.resolve(session, sub.source.ref, kind="merge")
+        if source.digest != sub.source.digest:
+            raise LoraregError(f"{sub.source.ref} no longer has the digest the recipe recorded",
+                               hint="run: lorareg verify --all")
+        adapter = folder_of(ctx, session, lookup.resolve(session, sub.removed.ref))
+        source_folder = folder_of(ctx, session, source) if source.stored else None
+    if source_folder is None:  # kept as recipe only: rebuilt (and checked) for this run
+        _, rebuilt = produce_version(ctx, sub.source.ref)
+        temporary_inputs.callback(rebuilt.discard)
+        source_folder = rebuilt.folder
+    plan = MergePlan(base=source_folder, adapters=(AdapterInput(adapter, -float(sub.removed.weight)),),
+                     method="linear", seed=0, dtype=recipe.dtype, adapter_dtype=recipe.adapter_dtype,
+                     max_shard_size=recipe.max_shard_size)
+    res = merge(plan, out, recipe_digest=recipe_digest or recipe.digest(), progress=progress)
+    return _without_card(out, res.digest, res.files, {"notes": list(res.notes)})
+
+
+def _without_card(out: Path, digest: str, files: dict[str, FileDigest], outcome: dict[str, Any]) -> Produced:
+    (out / CARD).unlink(missing_ok=True)  # the engine's placeholder; register writes the real card
+    return Produced(out, digest, {k: v for k, v in files.items() if k != CARD}, outcome)
