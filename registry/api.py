@@ -108,11 +108,18 @@ class Registry:
 
         return get(self._ctx, ref=ref)
 
-    def ls(self, *, kind: Kind | None = None, name: str | None = None) -> list[VersionInfo]:
-        """Every version (of one kind, or one name), without their file lists."""
+    def ls(self, *, kind: Kind | None = None, name: str | None = None, limit: int | None = None,
+           offset: int = 0) -> list[VersionInfo]:
+        """Versions (of one kind, or one name), without their file lists; ``limit``/``offset`` page them."""
         from lorareg.registry.listing import ls
 
-        return ls(self._ctx, kind=kind, name=name)
+        return ls(self._ctx, kind=kind, name=name, limit=limit, offset=offset)
+
+    def count(self, *, kind: Kind | None = None, name: str | None = None) -> int:
+        """How many versions ``ls`` with the same filters would list without a limit."""
+        from lorareg.registry.listing import count
+
+        return count(self._ctx, kind=kind, name=name)
 
     def log(self, *, ref: str | None = None, limit: int = 50) -> list[EventInfo]:
         """Events, newest first (optionally only those of one name)."""

@@ -17,12 +17,24 @@ def get(ctx: Context, *, ref: str) -> VersionInfo:
         return version_info(session, ctx.home, lookup.resolve(session, ref))
 
 
-def ls(ctx: Context, *, kind: str | None = None, name: str | None = None) -> list[VersionInfo]:
+def _check_kind(kind: str | None) -> None:
     if kind is not None and kind not in KINDS:
         raise LoraregError(f"unknown kind {kind!r}", hint="use one of: bases, adapters, merges")
+
+
+def ls(ctx: Context, *, kind: str | None = None, name: str | None = None, limit: int | None = None,
+       offset: int = 0) -> list[VersionInfo]:
+    _check_kind(kind)
     with ctx.session() as session:
-        rows = lookup.versions(session, kind=kind, name=check_name(name) if name else None)
+        rows = lookup.versions(session, kind=kind, name=check_name(name) if name else None, limit=limit,
+                               offset=offset)
         return [version_info(session, ctx.home, r, with_files=False) for r in rows]
+
+
+def count(ctx: Context, *, kind: str | None = None, name: str | None = None) -> int:
+    _check_kind(kind)
+    with ctx.session() as session:
+        return lookup.count_versions(session, kind=kind, name=check_name(name) if name else None)
 
 
 def log(ctx: Context, *, ref: str | None = None, limit: int = 50) -> list[EventInfo]:

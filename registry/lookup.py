@@ -57,13 +57,25 @@ def with_recipe(session: Session, name: str, recipe_digest: str) -> m.Version | 
                         .where(m.Version.name == name, m.Merge.recipe_digest == recipe_digest)).first()
 
 
-def versions(session: Session, *, kind: str | None = None, name: str | None = None) -> list[m.Version]:
-    q = select(m.Version)
+def _filtered(q, *, kind: str | None, name: str | None):
     if kind:
         q = q.where(m.Version.kind == kind)
     if name:
         q = q.where(m.Version.name == name)
-    return list(session.exec(q.order_by(m.Version.kind, m.Version.name, m.Version.version)).all())
+    return q
+
+
+def versions(session: Session, *, kind: str | None = None, name: str | None = None, limit: int | None = None,
+             offset: int = 0) -> list[m.Version]:
+    q = _filtered(select(m.Version), kind=kind, name=name)
+    q = q.order_by(m.Version.kind, m.Version.name, m.Version.version).offset(offset)
+    return list(session.exec(q if limit is None else q.limit(limit)).all())
+
+
+def count_versions(session: Session, *, kind: str | None = None, name: str | None = None) -> int:
+    from sqlalchemy import func
+
+    return session.exec(_filtered(select(func.count()).select_from(m.Version), kind=kind, name=name)).one()
 
 
 def file_rows(session: Session, row: m.Version) -> list[m.FileRow]:

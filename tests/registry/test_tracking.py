@@ -53,3 +53,15 @@ def test_trainer_callback_registers_checkpoints(reg, llama, tmp_path):
     assert t.tags == {"checkpoint": "4", "experiment": "demo"}
     assert t.params["learning_rate"] == 1e-2 and t.params["global_step"] == 4
     assert "loss" in t.metrics and {p.step for p in t.history if p.key == "loss"} >= {1, 2, 3, 4}
+
+
+def test_ls_pages_and_counts(reg, llama, tmp_path):
+    from tests.support.factories import make_llama
+
+    reg.add_base(path=llama, name="llama")
+    for i in range(3):
+        reg.add_base(path=make_llama(tmp_path / f"b{i}", seed=300 + i, layers=1), name="other")
+    everything = [v.ref for v in reg.ls()]
+    assert reg.count() == 4 and reg.count(name="other") == 3 and reg.count(kind="adapter") == 0
+    assert [v.ref for v in reg.ls(limit=2)] + [v.ref for v in reg.ls(limit=2, offset=2)] == everything
+    assert [v.ref for v in reg.ls(name="other", limit=1, offset=1)] == ["other@2"]

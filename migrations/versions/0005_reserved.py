@@ -1,0 +1,24 @@
+"""removals and renames (issue 14)
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-11-30 09:50:00
+
+Reserved in the chain so that this work lands without re-chaining; it changes nothing
+until that work fills it in.
+"""
+
+from __future__ import annotations
+
+revision = '0005'
+down_revision = '0004'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
