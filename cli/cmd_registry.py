@@ -2,31 +2,50 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import click
 
-from lorareg.cli import render
-from lorareg.cli.common import json_option, open_registry, with_registry
-from lorareg.cli.errors import fail
+from lorareg.cli import describe, render
+from lorareg.cli.common import TimeParam, aware, complete_ref, json_option, open_registry, utc_option, with_registry
+from lorareg.cli.errors import HelpGroup, fail
+from lorareg.cli.progress import folder_bytes
+from lorareg.cli.render import Column
+from lorareg.errors import LoraregError
 from lorareg.registry.refs import KINDS
 
 KIND_ARG = {**{k: k for k in KINDS}, **{f"{k}s": k for k in KINDS}}  # `ls merges` and `ls merge`
 
 
-def _print_added(info, as_json: bool) -> None:
+def _print_added(reg, info, as_json: bool) -> None:
+    same = reg.same_content(ref=info.ref)
     if as_json:
-        render.print_json(info.to_dict())
+        render.print_json({**info.to_dict(), "same_content": same})
         return
     verb = "already registered as" if info.existed else "added"
     click.echo(f"{verb} {info.ref}  {info.digest}")
     if info.path:
         click.echo(f"  path: {info.path}")
+    if same:
+        click.echo(f"  note: the same model is also registered as {', '.join(same)}")
+    skipped = info.details.get("skipped_training_state")
+    if skipped and not info.existed:
+        click.echo(f"  skipped training state (not part of the model): {', '.join(skipped)}")
 
 
 @click.command()
 @json_option
 @click.pass_context
 def init(ctx: click.Context, as_json: bool) -> None:
-    """Create (or upgrade) the registry at LORAREG_HOME."""
+    """Create (or upgrade) the registry at LORAREG_HOME.
+
+    Every other command does this too; init is for saying where the registry lives.
+
+    \b
+    Examples:
+      lorareg init
+      LORAREG_HOME=/data/lorareg lorareg init --json
+    """
     reg = open_registry(ctx)
     try:
         out = reg.location().to_dict()
@@ -38,18 +57,31 @@ def init(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"registry ready at {out['home']} ({out['database']})")
 
 
-@click.group()
+@click.group(cls=HelpGroup)
 def add() -> None:
-    """Register a base model or an adapter."""
+    """Register a base model or an adapter.
+
+    \b
+    Examples:
+      lorareg add base ./Llama-3.2-1B --name llama
+      lorareg add adapter ./runs/chat/checkpoint-900 --base llama --name chat
+    """
 
 
 def _hub_or_path(path: str) -> bool:
     return path.startswith("hf://")
 
 
+def _hashing_bar(path: str, *, copies: bool):
+    """A bar over the folder's bytes: hashed once, then (unless tracked by reference) copied."""
+    total = None if _hub_or_path(path) else folder_bytes(path)
+    return render.progress("hashing", total=total, phases=("hashing", "copying into the store") if copies else ())
+
+
 @add.command("base")
 @click.argument("path")
-@click.option("--name", help="Name to register under (default: derived from the folder).")
+@click.option("--name", help="Name to register under (default: the folder's name, or its parent's for "
+                             "folders like model/ or checkpoint-900/).")
 @click.option("--reference", is_flag=True, help="Track the folder in place instead of copying it into the store.")
 @click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin (loaded with weights_only=True, converted).")
 @click.option("--endpoint", envvar="HF_ENDPOINT", help="Hub endpoint for hf:// paths.")
@@ -57,130 +89,308 @@ def _hub_or_path(path: str) -> bool:
 @with_registry
 def add_base(reg, path: str, name: str | None, reference: bool, allow_pickle: bool, endpoint: str | None,
              as_json: bool) -> None:
-    """Register a Hugging Face checkpoint folder (or hf://ORG/NAME[@REV]) as a base."""
-    with render.progress("hashing") as advance:
+    """Register a Hugging Face checkpoint folder (or hf://ORG/NAME[@REV]) as a base.
+
+    \b
+    Examples:
+      lorareg add base ./Llama-3.2-1B --name llama
+      lorareg add base ~/models/llama --reference          # hashed, left where it is
+      lorareg add base hf://meta-llama/Llama-3.2-1B@main   # pinned to the commit main is now
+    """
+    with _hashing_bar(path, copies=not reference) as advance:
         if _hub_or_path(path):
             info = reg.add_base_from_hub(uri=path, name=name, reference=reference, allow_pickle=allow_pickle,
                                          endpoint=endpoint, progress=advance)
         else:
             info = reg.add_base(path=path, name=name, reference=reference, allow_pickle=allow_pickle, progress=advance)
-    _print_added(info, as_json)
+    _print_added(reg, info, as_json)
 
 
 @add.command("adapter")
 @click.argument("path")
-@click.option("--base", "base", required=True, help="The base it was trained on (NAME, NAME@3, NAME@alias).")
-@click.option("--name", help="Name to register under (default: derived from the folder).")
+@click.option("--base", "base", required=True, shell_complete=complete_ref("base"),
+              help="The base it was trained on (NAME, NAME@3, NAME@alias).")
+@click.option("--name", help="Name to register under (default: the folder's name, or its parent's for "
+                             "folders like adapter/ or checkpoint-900/).")
 @click.option("--allow-pickle", is_flag=True, help="Accept adapter_model.bin (loaded with weights_only=True).")
 @click.option("--endpoint", envvar="HF_ENDPOINT", help="Hub endpoint for hf:// paths.")
 @json_option
 @with_registry
 def add_adapter(reg, path: str, base: str, name: str | None, allow_pickle: bool, endpoint: str | None,
                 as_json: bool) -> None:
-    """Register a PEFT adapter folder (or hf://ORG/NAME[@REV]) against a base."""
-    with render.progress("hashing") as advance:
+    """Register a PEFT adapter folder (or hf://ORG/NAME[@REV]) against a base.
+
+    \b
+    Examples:
+      lorareg add adapter ./runs/chat/checkpoint-900 --base llama --name chat
+      lorareg add adapter hf://acme/chat-lora --base llama
+    """
+    with _hashing_bar(path, copies=True) as advance:
         if _hub_or_path(path):
             info = reg.add_adapter_from_hub(uri=path, base=base, name=name, allow_pickle=allow_pickle,
                                             endpoint=endpoint, progress=advance)
         else:
             info = reg.add_adapter(path=path, base=base, name=name, allow_pickle=allow_pickle, progress=advance)
-    _print_added(info, as_json)
+    _print_added(reg, info, as_json)
+
+
+def _files_state(i) -> str:
+    if i.removed_at is not None:
+        return "removed"
+    return "yes" if i.stored else ("ref" if i.kind == "base" else "recipe")
+
+
+def _check_state(i) -> str:
+    """A merge's latest `lorareg check`: passed, FAILED, or blank when it has none."""
+    checks = i.details.get("checks") or []
+    return "" if not checks else ("passed" if checks[-1]["passed"] else "FAILED")
+
+
+# What `ls` shows, one entry per column: add a column by adding an entry.  `drop`: which go
+# first on a narrow terminal (highest first); refs are never cut.
+LS_COLUMNS = [
+    (Column("ref", keep=True), lambda i: i.ref),
+    (Column("kind", drop=1), lambda i: describe.made_label(i) + (" (removed)" if i.removed_at else "")),
+    (Column("aliases", drop=2), lambda i: ",".join(i.aliases)),
+    (Column("summary", fold=True), describe.summary),
+    (Column("files", drop=3), _files_state),
+    (Column("check", drop=4), _check_state),
+    (Column("created", drop=5), lambda i: render.when(i.created_at)),
+    (Column("disk", drop=6, justify="right"), lambda i: render.human_size(i.size_bytes if i.stored else 0)),
+    (Column("digest", drop=9), lambda i: render.short(i.digest)),
+]
+
+
+def _tag_filters(items: tuple[str, ...]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise click.BadParameter(f"{item!r}: write KEY=VALUE, or KEY for any value", param_hint="--tag")
+        out[key] = value if sep else None
+    return out
+
+
+def _value_text(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.6g}" if isinstance(v, float) else describe.value_text("", v)
 
 
 @click.command("ls")
 @click.argument("kind", required=False, type=click.Choice(sorted(KIND_ARG)))
-@click.option("--name", help="Only versions of this name.")
+@click.option("--name", shell_complete=complete_ref(), help="Only versions of this name.")
+@click.option("--where", "where", multiple=True, metavar="EXPR",
+              help='Keep versions whose metric or param compares true: "eval_loss<0.5", "param.lr>=1e-4", '
+                   '"optim=adamw" (< <= > >= = !=; repeatable, all must hold).')
+@click.option("--tag", "tags", multiple=True, metavar="KEY[=VALUE]",
+              help="Keep versions with this tag (and value); repeatable.")
+@click.option("--sort", metavar="KEY", help="Sort by a metric or param (or created, name, size); -KEY: largest first. "
+                                            "Versions without it come last.")
+@click.option("--desc", is_flag=True, help="Sort largest first.")
+@click.option("--removed", is_flag=True,
+              help="List removed versions too (those something was made from are always listed).")
 @click.option("--pushed", is_flag=True, help="Show where each version lives on the Hub.")
+@click.option("-n", "--limit", type=click.IntRange(min=1), help="At most this many versions.")
 @json_option
+@utc_option
 @with_registry
-def ls(reg, kind: str | None, name: str | None, pushed: bool, as_json: bool) -> None:
-    """List registered versions."""
-    infos = reg.ls(kind=KIND_ARG.get(kind) if kind else None, name=name)
+def ls(reg, kind: str | None, name: str | None, where: tuple[str, ...], tags: tuple[str, ...], sort: str | None,
+       desc: bool, removed: bool, pushed: bool, limit: int | None, as_json: bool) -> None:
+    """List registered versions: bases, then adapters, then merges.
+
+    On a terminal the table fits the window: refs are never cut; columns are dropped or
+    folded instead.  Piped, every column is printed as plain text.
+
+    \b
+    Examples:
+      lorareg ls
+      lorareg ls merges --sort eval_loss
+      lorareg ls --where "eval_loss<0.5" --tag stage=candidate --sort eval_loss
+      lorareg --json ls adapters | jq -r '.[].ref'
+    """
+    hits = reg.query(kind=KIND_ARG.get(kind) if kind else None, name=name, where=where, tags=_tag_filters(tags),
+                     sort=sort, descending=desc, removed=removed, limit=limit)
     pushes: dict[str, list] = {}
     for p in reg.pushes() if pushed else ():
         pushes.setdefault(p.ref, []).append(p)
     if as_json:
-        out = [i.to_dict() for i in infos]
-        if pushed:
-            for o in out:
-                o["pushes"] = [p.to_dict() for p in pushes.get(o["ref"], [])]
+        out = []
+        for h in hits:
+            o = h.info.to_dict()
+            if h.values:
+                o["values"] = dict(h.values)
+            if pushed:
+                o["pushes"] = [p.to_dict() for p in pushes.get(h.ref, [])]
+            out.append(o)
         render.print_json(out)
         return
-    if not infos:
-        click.echo("nothing registered yet; start with: lorareg add base PATH")
+    if not hits:
+        _say_nothing_matched(reg, kind=kind, name=name, filtered=bool(where or tags))
         return
-    rows = []
-    for i in infos:
-        what = _what(i)
-        row = [i.ref, i.kind, ",".join(i.aliases), render.short(i.digest), what,
-               "yes" if i.stored else ("ref" if i.kind == "base" else "recipe"), render.human_size(i.size_bytes if i.stored else 0),
-               i.created_at.strftime("%Y-%m-%d %H:%M")]
-        if pushed:
-            row.append(" ".join(f"{p.repo_id}@{p.tag}" for p in pushes.get(i.ref, [])) or "-")
-        rows.append(row)
-    cols = ["ref", "kind", "aliases", "digest", "summary", "files", "disk", "created"] + (["hub"] if pushed else [])
-    render.table(None, cols, rows)
+    # Every column as (Column, hit -> text); the values --where/--sort judged by sit after the summary.
+    columns = [(col, lambda h, f=f: f(h.info)) for col, f in LS_COLUMNS]
+    at = next(n for n, (c, _) in enumerate(columns) if c.header == "summary") + 1
+    columns[at:at] = [(Column(label, drop=3, justify="right"), lambda h, key=label: _value_text(h.values.get(key)))
+                      for label in hits[0].values]
+    if pushed:
+        columns.append((Column("hub", drop=4),
+                        lambda h: " ".join(f"{p.repo_id}@{p.tag}" for p in pushes.get(h.ref, [])) or "-"))
+    rows = [[text(h) for _, text in columns] for h in hits]
+    render.table(None, [c for c, _ in columns], rows)
 
 
-def _what(i) -> str:
-    d = i.details
-    if i.kind == "base":
-        return f"{d.get('architecture', '')} {d.get('dtype', '')} {_params(d.get('param_count'))}".strip()
-    if i.kind == "adapter":
-        flags = "".join(f" {f}" for f, on in (("rslora", d.get("use_rslora")), ("dora", d.get("use_dora"))) if on)
-        return f"r={d.get('r')} alpha={d.get('lora_alpha')}{flags} on {d.get('base')}"
-    r = d.get("recipe", {})
-    ads = " + ".join(f"{a['ref']}:{a['weight']:g}" for a in r.get("adapters", []))
-    return f"{r.get('method', '')} {r.get('base', {}).get('ref', '')} + {ads}".strip()
-
-
-def _params(n) -> str:
-    if not n:
-        return ""
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= div:
-            return f"{n / div:.1f}{unit}"
-    return str(n)
-
-
-@click.command()
-@click.argument("ref")
-@json_option
-@with_registry
-def show(reg, ref: str, as_json: bool) -> None:
-    """Show one version: files, digest, size, config summary, recipe."""
-    info = reg.get(ref=ref)
-    if as_json:
-        render.print_json(info.to_dict())
+def _say_nothing_matched(reg, *, kind: str | None, name: str | None, filtered: bool) -> None:
+    total = reg.count()
+    if total == 0:
+        click.echo("nothing registered yet; start with: lorareg add base PATH", err=True)
         return
-    pairs = [("ref", info.ref), ("kind", info.kind), ("digest", info.digest), ("path", info.path),
-             ("size", render.human_size(info.size_bytes)), ("aliases", ", ".join(info.aliases) or "-"),
-             ("created", f"{info.created_at:%Y-%m-%d %H:%M:%S} by {info.created_by}")]
-    for k, v in info.details.items():
-        if k in ("recipe", "outcome"):
-            continue
-        pairs.append((k, v))
-    render.key_values(f"{info.kind} {info.ref}", pairs)
+    asked = " ".join(x for x in (kind, f"--name {name}" if name else "", "with those filters" if filtered else "") if x)
+    line = f"no versions match {asked} ({total} registered)"
+    if name:
+        try:
+            reg.get(ref=name)
+        except LoraregError as exc:  # the same suggestion an unknown reference gets
+            line += f"; {exc.hint}" if exc.hint and exc.hint.startswith("did you mean") else ""
+    click.echo(line, err=True)
+
+
+def _show_summary(reg, info, tracked) -> None:
+    pairs = [("ref", info.ref), ("kind", describe.kind_label(info)), ("made", describe.made_sentence(info)),
+             ("digest", info.digest)]
+    if getattr(info, "weights_digest", None) and info.weights_digest != info.digest:
+        pairs.append(("weights", info.weights_digest))
+    if info.message:
+        pairs.append(("message", info.message))
+    if info.removed_at is not None:
+        pairs.append(("removed", f"{render.when(info.removed_at)}: row and lineage kept, bytes evicted"))
+    pairs += [("path", info.path or ("-" if info.removed_at else "kept as recipe only")),
+              ("size", render.human_size(info.size_bytes)), ("aliases", ", ".join(info.aliases) or "-"),
+              ("created", f"{render.when(info.created_at, seconds=True)} by {info.created_by}")]
+    render.key_values(f"{describe.kind_label(info)} {info.ref}", pairs)
+
+
+def _show_config(reg, info, tracked) -> None:
+    skip = ("recipe", "outcome", "hub_pushes", "output", "parent", "recipe_digest", "checks")
+    pairs = [(k.replace("_", " "), describe.value_text(k, v)) for k, v in info.details.items() if k not in skip]
+    if pairs:
+        render.key_values("config", pairs)
+
+
+def _show_recipe(reg, info, tracked) -> None:
     recipe = info.details.get("recipe")
-    if recipe:
-        render.key_values("recipe", [(k, v) for k, v in recipe.items() if k not in ("adapters", "base")]
-                          + list(info.details.get("outcome", {}).items()))
-        render.table("inputs", ["role", "ref", "weight", "digest"],
-                     [["base", recipe["base"]["ref"], "", recipe["base"]["digest"]]]
-                     + [["adapter", a["ref"], f"{a['weight']:g}", a["digest"]] for a in recipe.get("adapters", [])])
+    if not recipe:
+        return
+    render.key_values("recipe", describe.recipe_pairs(recipe) + [("digest", info.details.get("recipe_digest", "-"))])
+    render.table("inputs", [Column("role"), Column("ref", keep=True), Column("weight", justify="right"),
+                            Column("digest", drop=1)],
+                 [["base", recipe["base"]["ref"], "", recipe["base"]["digest"]]]
+                 + [["adapter", a["ref"], f"{a['weight']:g}", a["digest"]] for a in recipe.get("adapters", [])])
+
+
+def _show_outcome(reg, info, tracked) -> None:
+    outcome = info.details.get("outcome") or {}
+    pairs = describe.outcome_pairs(outcome)
+    if pairs:
+        render.key_values("outcome", pairs)
+    if outcome.get("module_errors"):
+        rows, note = describe.module_error_rows(outcome["module_errors"])
+        if rows:
+            render.table("module errors (relative, largest first)", [Column("module", keep=True),
+                                                                     Column("error", justify="right")], rows)
+        if note:
+            click.echo(f"module errors: {note}" if not rows else f"  {note}")
+    if outcome.get("subtract_deviation"):
+        render.key_values("subtraction vs an exact rebuild", describe.deviation_pairs(outcome["subtract_deviation"]))
+
+
+def _check_row(c) -> list:
+    def num(v):  # "inf" (a string) when an output was not finite
+        return v if isinstance(v, str) else f"{v:.3g}"
+
+    inputs = f"{c['samples']} prompts" if c["prompts_sha256"] else f"{c['samples']} drawn, seed {c['seed']}"
+    return [c["id"], "passed" if c["passed"] else "FAILED", num(c["max_abs_diff"]), num(c["tolerance"]),
+            "-" if c["top1_agreement"] is None else f"{c['top1_agreement']:.1%}", inputs,
+            render.when(datetime.fromisoformat(c["checked_at"]))]
+
+
+def _show_checks(reg, info, tracked) -> None:
+    if info.details.get("checks"):
+        render.table("checks (lorareg check)",
+                     [Column("#", justify="right"), Column("result", keep=True), Column("max |diff|", justify="right"),
+                      Column("tolerance", justify="right"), Column("top-1", justify="right", drop=2),
+                      Column("inputs", drop=3), Column("when", drop=1)],
+                     [_check_row(c) for c in info.details["checks"]])
+
+
+def _show_tracking(reg, info, tracked) -> None:
+    if tracked.params:
+        render.key_values("params", [(k, describe.value_text(k, v)) for k, v in sorted(tracked.params.items())])
+    if tracked.tags:
+        render.key_values("tags", sorted(tracked.tags.items()))
+    if tracked.metrics:
+        from lorareg.cli.cmd_tracking import metric_table
+
+        metric_table(tracked, title="metrics")
+
+
+def _show_hub(reg, info, tracked) -> None:
+    pushes = info.details.get("hub_pushes")
+    if pushes:
+        render.table("Hub pushes", [Column("repo", keep=True), Column("tag"), Column("branch", drop=2),
+                                    Column("commit", drop=1), Column("as", drop=3)], describe.hub_rows(pushes))
+
+
+def _show_files(reg, info, tracked) -> None:
     if info.files:
-        render.table("files", ["path", "size", "sha256"],
+        render.table("files", [Column("path", keep=True), Column("size", justify="right"), Column("sha256", drop=1)],
                      [[path, render.human_size(f.size), f.sha256[:16]] for path, f in info.files.items()])
 
 
+# What `show` prints, in order: add a section by adding a function (reg, info, tracked).
+SHOW_SECTIONS = [_show_summary, _show_config, _show_recipe, _show_outcome, _show_checks, _show_tracking, _show_hub,
+                 _show_files]
+
+
 @click.command()
-@click.argument("ref", required=False)
+@click.argument("ref", shell_complete=complete_ref())
+@json_option
+@utc_option
+@with_registry
+def show(reg, ref: str, as_json: bool) -> None:
+    """Show one version: what it is, how it was made, recipe, tracking, Hub pushes, files.
+
+    \b
+    Examples:
+      lorareg show chat
+      lorareg show assistant@3
+      lorareg show assistant@prod --json | jq .message
+    """
+    info = reg.get(ref=ref)
+    tracked = reg.tracked(ref=info.ref)
+    if as_json:
+        render.print_json({**info.to_dict(), "tracking": {"params": tracked.params, "tags": tracked.tags,
+                                                          "metrics": tracked.metrics}})
+        return
+    for section in SHOW_SECTIONS:
+        section(reg, info, tracked)
+
+
+@click.command()
+@click.argument("ref", required=False, shell_complete=complete_ref())
 @click.option("--all", "all_", is_flag=True, help="Verify every version and every blob.")
 @json_option
 @with_registry
 def verify(reg, ref: str | None, all_: bool, as_json: bool) -> None:
-    """Re-hash stored files (or referenced folders) and compare with what was recorded."""
-    with render.progress("verifying") as advance:
+    """Re-hash stored files (or referenced folders) and compare with what was recorded.
+
+    \b
+    Examples:
+      lorareg verify chat@1
+      lorareg verify --all
+    """
+    total = reg.get(ref=ref).size_bytes if ref and not all_ else None
+    with render.progress("verifying", total=total) as advance:
         results = reg.verify(ref=ref, all_versions=all_, progress=advance)
     if as_json:
         render.print_json([r.to_dict() for r in results])
@@ -190,86 +400,152 @@ def verify(reg, ref: str | None, all_: bool, as_json: bool) -> None:
             for p in r.problems:
                 click.echo(f"     {p}")
     bad = [r for r in results if not r.ok]
+    if bad and as_json:  # the results say ok: false; a second JSON document would break the parser
+        raise SystemExit(1)
     if bad:
         fail(f"{len(bad)} of {len(results)} checked versions failed verification",
              "restore the files, or re-add the version; lorareg gc removes blobs nothing references")
 
 
+def _event_details(args) -> str:
+    parts = []
+    for k, v in sorted(args.items()):
+        if v is None or v == [] or k in ("kind",):
+            continue
+        if k == "digest" and isinstance(v, str):
+            v = render.short(v)
+        text = ",".join(map(str, v)) if isinstance(v, list) else describe.value_text(k, v)
+        parts.append(f'{k}="{text}"' if " " in text else f"{k}={text}")
+    return " ".join(parts)
+
+
 @click.command()
-@click.argument("ref", required=False)
-@click.option("-n", "--limit", default=50, show_default=True)
+@click.argument("ref", required=False, shell_complete=complete_ref())
+@click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(min=1),
+              help="How many events to show, newest first.")
 @json_option
+@utc_option
 @with_registry
 def log(reg, ref: str | None, limit: int, as_json: bool) -> None:
-    """Show events (who did what, when), newest first."""
+    """Show events (who did what, when), newest first: adds, merges, rollbacks, alias moves, removals.
+
+    \b
+    Examples:
+      lorareg log
+      lorareg log assistant -n 10
+      lorareg log --utc | grep rollback
+    """
     events = reg.log(ref=ref, limit=limit)
     if as_json:
         render.print_json([e.to_dict() for e in events])
         return
-    render.table(None, ["time", "user", "action", "ref", "details"],
-                 [[f"{e.time:%Y-%m-%d %H:%M:%S}", e.user, e.action, e.ref,
-                   " ".join(f"{k}={v}" for k, v in sorted(e.args.items()) if v is not None)] for e in events])
+    render.table(None, [Column("time", drop=1), Column("user", drop=3), Column("action"), Column("ref", keep=True),
+                        Column("details", fold=True, drop=2, wants=36)],
+                 [[render.when(e.time, seconds=True), e.user, e.action, e.ref, _event_details(e.args)] for e in events])
 
 
-@click.group()
+@click.group(cls=HelpGroup)
 def alias() -> None:
-    """Move, remove and list aliases (name@prod, name@current)."""
+    """Move, remove and list aliases (name@prod, name@current).
+
+    \b
+    Examples:
+      lorareg alias set assistant prod 3
+      lorareg alias history assistant --at "2026-11-17 12:00"
+    """
 
 
 @alias.command("set")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_ref())
 @click.argument("alias_name", metavar="ALIAS")
 @click.argument("version", type=int)
+@click.option("--require-check/--no-require-check", "require_check", default=None,
+              help="Refuse a merged version whose latest `lorareg check` did not pass "
+                   "(default: the registry's require-check setting).")
 @json_option
 @with_registry
-def alias_set(reg, name: str, alias_name: str, version: int, as_json: bool) -> None:
-    """Point NAME@ALIAS at VERSION."""
-    a = reg.set_alias(name=name, alias=alias_name, version=version)
+def alias_set(reg, name: str, alias_name: str, version: int, require_check: bool | None, as_json: bool) -> None:
+    """Point NAME@ALIAS at VERSION.
+
+    \b
+    Examples:
+      lorareg alias set assistant prod 3
+      lorareg alias set assistant current 4     # what a bare `assistant` means
+      lorareg alias set assistant prod 3 --require-check
+    """
+    a = reg.set_alias(name=name, alias=alias_name, version=version, require_check=require_check)
     render.print_json(a.to_dict()) if as_json else click.echo(f"{a.name}@{a.alias} -> {a.version}")
 
 
 @alias.command("rm")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_ref())
 @click.argument("alias_name", metavar="ALIAS")
 @json_option
 @with_registry
 def alias_rm(reg, name: str, alias_name: str, as_json: bool) -> None:
-    """Remove NAME@ALIAS."""
+    """Remove NAME@ALIAS (the history keeps it).
+
+    \b
+    Examples:
+      lorareg alias rm assistant staging
+    """
     reg.remove_alias(name=name, alias=alias_name)
     render.print_json({"name": name, "alias": alias_name, "removed": True}) if as_json else click.echo(
         f"removed {name}@{alias_name}")
 
 
 @alias.command("ls")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_ref())
 @json_option
+@utc_option
 @with_registry
 def alias_ls(reg, name: str | None, as_json: bool) -> None:
-    """List aliases."""
+    """List aliases and the versions they point at.
+
+    \b
+    Examples:
+      lorareg alias ls
+      lorareg alias ls assistant
+    """
     items = reg.aliases(name=name)
     if as_json:
         render.print_json([a.to_dict() for a in items])
     else:
-        render.table(None, ["name", "alias", "version", "since"],
-                     [[a.name, a.alias, a.version, f"{a.updated_at:%Y-%m-%d %H:%M}"] for a in items])
+        render.table(None, [Column("name", keep=True), Column("alias"), Column("version", justify="right"),
+                            Column("since", drop=1)],
+                     [[a.name, a.alias, a.version, render.when(a.updated_at)] for a in items])
 
 
 @alias.command("history")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_ref())
 @click.option("--alias", "alias_name", help="Only this alias.")
-@click.option("--at", "at", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"]),
-              help="Show what each alias pointed at at this time (UTC).")
+@click.option("--at", "at", type=TimeParam(),
+              help="Show what each alias pointed at at this time (local time unless --utc or an offset is given).")
 @json_option
+@utc_option
 @with_registry
 def alias_history(reg, name: str, alias_name: str | None, at, as_json: bool) -> None:
-    """Every move of NAME's aliases, or with --at what was live then."""
+    """Every move of NAME's aliases, or with --at what was live then.
+
+    \b
+    Examples:
+      lorareg alias history assistant
+      lorareg alias history assistant --at "2026-11-17 12:00"        # your local time
+      lorareg alias history assistant --at 2026-11-17T11:00Z --json
+    """
+    at = aware(at) if at is not None else None
     items = reg.alias_history(name=name, alias=alias_name, at=at)
     if as_json:
         render.print_json([a.to_dict() for a in items])
-    else:
-        render.table(None, ["time", "alias", "version"],
-                     [[f"{a.updated_at:%Y-%m-%d %H:%M:%S}", f"{a.name}@{a.alias}", a.version or "(removed)"]
-                      for a in items])
+        return
+    if at is not None:
+        click.echo(f"live at {render.when(at, seconds=True)}:" if items else
+                   f"no alias of {name} was live at {render.when(at, seconds=True)}")
+        if not items:
+            return
+    render.table(None, [Column("time", drop=1), Column("alias", keep=True), Column("version", justify="right")],
+                 [[render.when(a.updated_at, seconds=True), f"{a.name}@{a.alias}", a.version or "(removed)"]
+                  for a in items])
 
 
 COMMANDS = [init, add, ls, show, verify, log, alias]

@@ -4,10 +4,12 @@ no SQL and no torch live here."""
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
-from lorareg.cli.errors import LoraregGroup
+from lorareg.cli.common import json_option, utc_option
+from lorareg.cli.errors import LoraregGroup, quiet_broken_pipe
 
 
 @click.group(cls=LoraregGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,28 +19,56 @@ from lorareg.cli.errors import LoraregGroup
 @click.option("--blobs", type=click.Path(file_okay=False), envvar="LORAREG_BLOBS",
               help="Blob folder shared by a team (default HOME/blobs).")
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@json_option
+@utc_option
 @click.version_option(package_name="lorareg")
 @click.pass_context
-def cli(ctx: click.Context, home: str | None, database_url: str | None, blobs: str | None, debug: bool) -> None:
-    """lorareg: a registry and merge engine for LoRA adapters."""
+def cli(ctx: click.Context, home: str | None, database_url: str | None, blobs: str | None, debug: bool,
+        as_json: bool) -> None:
+    """lorareg: a registry and merge engine for LoRA adapters.
+
+    References are NAME (the version NAME@current points at, else the latest), NAME@3 and
+    NAME@ALIAS.  --json and --utc work before the command or after it.
+
+    \b
+    Examples:
+      lorareg add base ./Llama-3.2-1B --name llama
+      lorareg merge llama chat code:0.5 --name assistant
+      lorareg --json ls merges
+    """
     if debug:
         os.environ["LORAREG_DEBUG"] = "1"
-    ctx.obj = {"home": home, "database_url": database_url, "blobs": blobs}
+    ctx.ensure_object(dict).update(home=home, database_url=database_url, blobs=blobs)
 
 
 def _register() -> None:
-    from lorareg.cli import cmd_hub, cmd_merge, cmd_registry
+    from lorareg.cli import cmd_hub, cmd_merge, cmd_registry, cmd_remove, cmd_tracking
 
-    for module in (cmd_registry, cmd_merge, cmd_hub):
+    for module in (cmd_registry, cmd_merge, cmd_hub, cmd_tracking, cmd_remove):
         for command in module.COMMANDS:
             cli.add_command(command)
+    from lorareg.cli import cmd_check  # check, config
+
+    for command in cmd_check.COMMANDS:
+        cli.add_command(command)
+    from lorareg.cli.cmd_ui import ui  # its web stack is imported only when `lorareg ui` runs
+    cli.add_command(ui)
 
 
 _register()
 
 
 def main() -> None:
-    cli(prog_name="lorareg")
+    code: int | str | None = 0
+    try:
+        cli(prog_name="lorareg")
+    except SystemExit as exc:
+        code = exc.code
+    try:  # the interpreter's own last flush would report a reader that went away as an error
+        sys.stdout.flush()
+    except BrokenPipeError:
+        quiet_broken_pipe()
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,11 +14,12 @@ if TYPE_CHECKING:
     from lorareg.merge.methods import METHODS, Param, get_method
     from lorareg.merge.output_folder import MergeOutput
     from lorareg.merge.plan import AdapterInput, MergePlan
+    from lorareg.merge.quantize import BaseQuantization
 
 _WHERE = {
     "check_adapter_fits": "adapter", "inspect_adapter": "adapter", "merge": "engine", "METHODS": "methods",
     "Param": "methods", "get_method": "methods", "MergeOutput": "output_folder", "AdapterInput": "plan",
-    "MergePlan": "plan",
+    "MergePlan": "plan", "BaseQuantization": "quantize",
 }
 __all__ = sorted(_WHERE)
 

@@ -33,6 +33,7 @@ __all__ = [
     "AdapterSummary",
     "LoadedAdapter",
     "ModuleLayout",
+    "SavedTensor",
     "base_shapes_of",
     "check_adapter_fits",
     "check_layout",
@@ -82,6 +83,8 @@ def _group(keys: Mapping[str, tuple[int, ...]]) -> dict[str, dict[str, Any]]:
     modules: dict[str, dict[str, Any]] = {}
     for key in sorted(keys):
         role = parse_key(key)
+        if role.role == "unused":
+            continue
         entry = modules.setdefault(role.module, {})
         slot = f"replace:{role.param}" if role.role == "replace" else role.role
         entry[slot] = key
@@ -143,7 +146,7 @@ def layout_adapter(
             if slot.startswith("replace:"):
                 param = slot.partition(":")[2]
                 target = target_of(module, param)
-                if ".base_layer." in key:
+                if ".base_layer." in key or ".original_module." in key:
                     overrides[target] = key
                 else:
                     claim(target, "a saved module (modules_to_save)")
@@ -251,6 +254,11 @@ def check_layout(adapter: Path, layout: AdapterLayout, base_shapes: Mapping[str,
 
 def base_shapes_of(base: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
     """(config, name -> shape) of a base, the tied output head included under its own name."""
+    config, shapes, _ = _base_layout(base)
+    return config, shapes
+
+
+def _base_layout(base: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]], Any]:
     from lorareg.merge.reader import open_checkpoint
 
     ckpt = open_checkpoint(base)
@@ -258,16 +266,32 @@ def base_shapes_of(base: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...
     pair = tied_pair(ckpt.config, shapes)
     if pair is not None:
         shapes[pair.head] = shapes[pair.embedding]
-    return ckpt.config, shapes
+    return ckpt.config, shapes, pair
 
 
 def check_adapter_fits(*, base: Path, adapter: Path) -> AdapterSummary:
-    """Raise IncompatibleAdapterError naming the first module that does not fit ``base``."""
+    """Raise IncompatibleAdapterError naming the first module that does not fit ``base``.
+
+    An adapter trained after ``resize_token_embeddings`` fits when it writes every row it
+    adds (see vocab.py); that needs its op list, so only such an adapter is loaded (lazily:
+    the saved embedding copies are not read)."""
+    from lorareg.merge.vocab import check_rows_defined, find_growth, grown_shapes
+
+    adapter = Path(adapter)
     summary = inspect_adapter(adapter)
-    config, shapes = base_shapes_of(base)
+    config, shapes, pair = _base_layout(base)
     layout = layout_adapter(adapter, base_names=shapes, base_config=config, summary=summary)
-    check_layout(Path(adapter), layout, shapes)
+    growth = find_growth(adapter, layout, shapes)
+    check_layout(adapter, layout, grown_shapes(shapes, growth))
+    if growth is not None:
+        from lorareg.merge.worklist import build_ops
+
+        loaded = load_adapter(adapter, base_names=shapes, base_config=config, layout=layout)
+        work = build_ops([loaded], [1.0], "linear", pair)
+        stored = [n for n in growth.tensors if pair is None or n != pair.head or work.untied is not None]
+        check_rows_defined([loaded], growth, work.ops, stored)
     return summary
+
 
 
 @dataclass(frozen=True)
@@ -330,13 +354,66 @@ class AdapterModule:
         return lora_delta(a, b, scaling=self.scaling, fan_in_fan_out=fifo, out=out)
 
 
+@dataclass(frozen=True, eq=False)
+class SavedTensor:
+    """A full tensor saved in the adapter (a module copy), read only when the merge reaches it.
+
+    After a vocabulary resize PEFT saves several embedding-sized copies (modules_to_save,
+    original_module, base_layer): holding them all would make the merge's memory a multiple
+    of the embedding.  Read with plain file reads, like the base (reader.py: an mmap would
+    keep the pages it touched resident)."""
+
+    file: Path
+    key: str
+    dtype: str  # safetensors dtype name
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset in ``file``
+    nbytes: int
+
+    def load(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor, converted to ``dtype`` block by block when given: a float32 copy of an
+        embedding is then never held next to its bf16 conversion."""
+        import torch
+
+        from lorareg.merge.reader import torch_dtype
+
+        stored = torch_dtype(self.dtype)
+        if not self.nbytes:
+            return torch.empty(self.shape, dtype=dtype or stored)
+        with open(self.file, "rb", buffering=0) as f:
+            if dtype is None or dtype == stored or len(self.shape) < 2:
+                buf = bytearray(self.nbytes)
+                self._read(f, memoryview(buf), 0)
+                out = torch.frombuffer(buf, dtype=stored).view(self.shape)
+                return out if dtype is None else out.to(dtype)
+            out = torch.empty(self.shape, dtype=dtype)
+            row_bytes = self.nbytes // self.shape[0]
+            step = max(1, (4 << 20) // row_bytes)
+            block = bytearray(step * row_bytes)
+            for start in range(0, self.shape[0], step):
+                n = min(step, self.shape[0] - start)
+                view = memoryview(block)[: n * row_bytes]
+                self._read(f, view, start * row_bytes)
+                out[start : start + n].copy_(torch.frombuffer(view, dtype=stored).view((n, *self.shape[1:])))
+            return out
+
+    def _read(self, f, view: memoryview, start: int) -> None:
+        f.seek(self.offset + start)
+        got = 0
+        while got < len(view):
+            n = f.readinto(view[got:])
+            if not n:
+                raise CheckpointError(f"{self.file}: truncated while reading {self.key!r}", hint="re-save the adapter")
+            got += n
+
+
 @dataclass(frozen=True)
 class LoadedAdapter:
     path: Path
     summary: AdapterSummary
     modules: dict[str, AdapterModule]  # keyed by the base tensor they change
-    replacements: dict[str, torch.Tensor] = field(default_factory=dict)  # full tensors (modules_to_save)
-    overrides: dict[str, torch.Tensor] = field(default_factory=dict)  # PEFT's saved copies of base tensors
+    replacements: dict[str, SavedTensor] = field(default_factory=dict)  # full tensors (modules_to_save)
+    overrides: dict[str, SavedTensor] = field(default_factory=dict)  # PEFT's saved copies of base tensors
     tokens: dict[str, tuple[tuple[int, ...], torch.Tensor]] = field(default_factory=dict)
 
 
@@ -352,14 +429,18 @@ def load_adapter(
     ``base_config`` (the base's config.json) tells GPT-2 style Conv1D layers apart; without
     it the adapter's own ``auto_mapping`` is used.
     """
-    from safetensors.torch import load_file
-
     adapter = Path(adapter)
     layout = layout or layout_adapter(adapter, base_names=base_names, base_config=base_config)
-    tensors = load_file(adapter / ADAPTER_WEIGHTS)
+    file = adapter / ADAPTER_WEIGHTS
+    header = read_header(file)
+
+    def saved(key: str) -> SavedTensor:
+        info = header.tensors[key]
+        return SavedTensor(file=file, key=key, dtype=info.dtype, shape=info.shape,
+                           offset=header.data_offset + info.begin, nbytes=info.nbytes)
 
     def f32(key: str) -> torch.Tensor:
-        return tensors[key].float()  # no copy when stored in float32
+        return saved(key).load().float()  # no copy when stored in float32
 
     modules = {
         target: AdapterModule(
@@ -375,7 +456,7 @@ def load_adapter(
         path=adapter,
         summary=layout.summary,
         modules=modules,
-        replacements={t: tensors[k] for t, k in layout.replacements.items()},
-        overrides={t: tensors[k] for t, k in layout.overrides.items()},
-        tokens={t: (idx, tensors[k]) for t, (k, idx) in layout.tokens.items()},
+        replacements={t: saved(k) for t, k in layout.replacements.items()},
+        overrides={t: saved(k) for t, k in layout.overrides.items()},
+        tokens={t: (idx, saved(k).load()) for t, (k, idx) in layout.tokens.items()},
     )

@@ -129,7 +129,7 @@ def _check_overrides(loaded: list[LoadedAdapter], base: Path) -> None:
         for adapter, target, saved in wanted:
             src = ckpt.tensors.get(target)
             same = src is not None and torch.equal(
-                saved.to(torch.float32), reader.tensor(src, bytearray(src.nbytes)).to(torch.float32)
+                saved.load().to(torch.float32), reader.tensor(src, bytearray(src.nbytes)).to(torch.float32)
             )
             if not same:
                 raise _refuse(adapter.path, f"its own copy of {target}, which differs from the base's")

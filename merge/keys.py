@@ -36,7 +36,7 @@ _ROLES = (
 @dataclass(frozen=True)
 class KeyRole:
     module: str  # module path as the adapter's model class names it
-    role: str  # A | B | lora_bias | embedding_A | embedding_B | magnitude | tokens | replace
+    role: str  # A | B | lora_bias | embedding_A | embedding_B | magnitude | tokens | replace | unused
     param: str | None = None  # for "replace": the parameter name ("weight", "bias", ...)
 
 
@@ -47,9 +47,15 @@ def parse_key(key: str) -> KeyRole:
         if body.endswith(suffix):
             return KeyRole(module=body[: -len(suffix)], role=role)
     module, _, param = body.rpartition(".")
-    # `base_layer.<param>`: PEFT saved the wrapped base module's own tensor (e.g. the
-    # embedding it saves alongside an embedding LoRA); loading it overwrites the base's.
-    module = module.removesuffix(".base_layer")
+    if module.endswith(".modules_to_save"):
+        # A second copy of a modules_to_save module, which `save_embedding_layers` adds after
+        # a vocabulary resize; its key lacks the adapter name, so PEFT loads it nowhere.
+        return KeyRole(module=module.removesuffix(".modules_to_save"), role="unused", param=param)
+    # `base_layer.<param>` / `original_module.<param>`: PEFT saved the wrapped base module's
+    # own tensor (the embedding it saves alongside an embedding LoRA, or after a vocabulary
+    # resize); loading it overwrites the base's.
+    # (a trainable-tokens wrapper holds the embedding as `token_adapter.base_layer`)
+    module = module.removesuffix(".base_layer").removesuffix(".token_adapter").removesuffix(".original_module")
     return KeyRole(module=module, role="replace", param=param)
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Scratch", "apply_delta", "apply_dora", "apply_tokens", "bias_delta", "lora_delta"]
+__all__ = ["Scratch", "apply_delta", "apply_dora", "apply_tokens", "bias_delta", "lora_delta", "same_bits"]
 
 _BLOCK_ELEMENTS = 1 << 18  # 1 MiB of float32 per block
 
@@ -47,50 +47,71 @@ class Scratch:
     def __init__(self) -> None:
         self._buffers: dict[object, torch.Tensor] = {}
 
-    def get(self, dtype: torch.dtype, numel: int) -> torch.Tensor:
+    def get(self, dtype: torch.dtype, numel: int, slot: int = 0) -> torch.Tensor:
         import torch
 
-        buf = self._buffers.get(dtype)
+        buf = self._buffers.get((dtype, slot))
         if buf is None or buf.numel() < numel:
-            buf = self._buffers[dtype] = torch.empty(max(numel, _BLOCK_ELEMENTS), dtype=dtype)
+            buf = self._buffers[dtype, slot] = torch.empty(max(numel, _BLOCK_ELEMENTS), dtype=dtype)
         return buf[:numel]
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors hold the same bytes (NaN payloads and signed zeros included), as the
+    digest sees them; ``torch.equal`` would call a NaN unequal to itself and -0.0 equal to 0.0."""
+    import torch
+
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point():
+        ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+        a, b = a.view(ints[a.element_size()]), b.view(ints[b.element_size()])
+    return torch.equal(a, b)
 
 
 def apply_delta(
     weight: torch.Tensor, delta: torch.Tensor, *, embedding: bool, scratch: Scratch | None = None
-) -> torch.Tensor:
-    """Add a (combined) float32 delta to a base weight held in the output dtype, in place.
+) -> bool:
+    """Add a (combined) float32 delta to a base weight held in the output dtype, in place;
+    returns whether any element's bits changed (a delta can round away entirely).
 
     PEFT's Linear merge adds the delta as it is (``weight.data += delta``: float32 sum, one
     rounding); its Embedding merge rounds the delta to the weight's dtype first.  Done in row
     blocks through reused buffers: a mixed-dtype ``+=`` allocates full-size float32
-    temporaries.  Elementwise, ``round(float(w) + d)`` has the same bits either way.
+    temporaries.  Elementwise, ``round(float(w) + d)`` has the same bits either way, and
+    ``torch.add(w, d, out=new)`` the same bits as ``w += d``: each block's new values are
+    computed next to the old ones, compared, then copied in.
     """
     import torch
 
     scratch = scratch or Scratch()
     low = weight.dtype
     if weight.dim() == 0 or weight.numel() == 0:
+        before = weight.clone()
         weight += delta.to(low) if embedding else delta
-        return weight
+        return not same_bits(before, weight)
     rows = weight.shape[0]
     per_row = max(1, weight.numel() // rows)
     step = max(1, _BLOCK_ELEMENTS // per_row)
+    changed = False
     for start in range(0, rows, step):
         w, d = weight[start : start + step], delta[start : start + step]
+        new = scratch.get(low, d.numel(), slot=1).view(d.shape)
         if embedding and low != torch.float32:
             rounded = scratch.get(low, d.numel()).view(d.shape)
             rounded.copy_(d)
-            w += rounded
+            torch.add(w, rounded, out=new)
         elif low == d.dtype:
-            w += d
+            torch.add(w, d, out=new)
         else:
             # not `torch.add(w, d, out=...)`: a mixed-dtype op allocates a cast copy of `w`
             total = scratch.get(torch.float32, d.numel()).view(d.shape)
             total.copy_(w)
             total.add_(d)
-            w.copy_(total)
-    return weight
+            new.copy_(total)
+        changed = changed or not same_bits(new, w)
+        w.copy_(new)
+    return changed
 
 
 def bias_delta(lora_bias: torch.Tensor, *, scaling: float) -> torch.Tensor:

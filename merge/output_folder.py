@@ -7,7 +7,7 @@ config.json keeps the base's content with only the dtype and the tie flag change
 from __future__ import annotations
 
 import json
-import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +32,22 @@ class MergeOutput:
     digest: str  # "sha256:<hex>" of the tensor manifest
     files: dict[str, FileDigest]  # every file in the folder, README and config included
     tensors_total: int
-    tensors_changed: int
+    tensors_changed: int  # tensors the adapters change by construction
     dtype: str
     notes: tuple[str, ...]
+    tensors_differing: int = 0  # tensors whose bytes differ from the base's (in the output dtype)
+    side_files: Mapping[str, int] | None = None  # side-file group -> adapter index (absent: the base's)
 
 
-def write_config(base_config: dict[str, Any], dest: Path, *, dtype: str, untied: bool) -> None:
+def write_config(base_config: dict[str, Any], dest: Path, *, dtype: str, untied: bool,
+                 vocab_size: int | None = None) -> None:
     config = dict(base_config)
+    if vocab_size is not None:
+        # where resize_token_embeddings writes it: the text config of a composite model
+        if isinstance(config.get("text_config"), dict) and "vocab_size" in config["text_config"]:
+            config["text_config"] = {**config["text_config"], "vocab_size": vocab_size}
+        else:
+            config["vocab_size"] = vocab_size
     config["dtype"] = dtype  # transformers >= 4.56 name
     if "torch_dtype" in config:
         config["torch_dtype"] = dtype
@@ -49,17 +58,17 @@ def write_config(base_config: dict[str, Any], dest: Path, *, dtype: str, untied:
     (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def copy_side_files(base: Path, dest: Path) -> list[str]:
-    """Copy the base's top-level tokenizer/generation files; returns their names."""
-    copied = []
-    for path in sorted(Path(base).iterdir()):
-        name = path.name
-        skipped = name.startswith(".") or name in _SKIP_NAMES or name.endswith(_SKIP_SUFFIXES) or is_pickle(name)
-        if skipped or not path.is_file():
-            continue
-        shutil.copyfile(path, dest / name)  # follows links: an HF cache snapshot holds links to blobs
-        copied.append(name)
-    return copied
+def _skipped(name: str) -> bool:
+    return name.startswith(".") or name in _SKIP_NAMES or name.endswith(_SKIP_SUFFIXES) or is_pickle(name)
+
+
+def copy_side_files(base: Path, dest: Path, *, adapters: Sequence[Path] = (),
+                    chosen: Mapping[str, int] | None = None) -> dict[str, str]:
+    """Copy the base's top-level tokenizer/generation files, and the groups ``chosen`` takes
+    from adapters instead (side_files.py); returns file -> "base" or the adapter's index."""
+    from lorareg.merge.side_files import copy_side_files as copy_groups
+
+    return copy_groups(base, adapters, chosen or {}, dest, skip=_skipped)
 
 
 def default_model_card(*, base: Path, adapters: list[Path], method: str, recipe_digest: str) -> str:

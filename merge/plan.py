@@ -12,6 +12,7 @@ from typing import Any
 
 from lorareg.errors import MergeError
 from lorareg.merge.methods import get_method
+from lorareg.merge.quantize import BaseQuantization
 
 __all__ = ["ADAPTER_DTYPES", "DTYPES", "AdapterInput", "MergePlan", "tensor_seed", "validate_plan"]
 
@@ -43,6 +44,12 @@ class MergePlan:
     dtype: str = "auto"  # auto|bfloat16|float16|float32
     adapter_dtype: str = "float32"  # float32|base
     max_shard_size: int = 5 * 2**30
+    allow_noop: bool = False  # merge an untrained adapter, or one whose changes round away
+    # Side-file group -> index of the adapter it comes from (side_files.py); the base supplies
+    # the groups not named.  None: chosen by side_files.choose_side_files (conflicts refused).
+    side_files: Mapping[str, int] | None = field(default=None, hash=False)
+    # QLoRA: merge into dequantize(quantize(base)) (quantize.py); None: the base as stored
+    base_quantization: BaseQuantization | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.params, Mapping):
@@ -86,6 +93,16 @@ def validate_plan(plan: MergePlan) -> dict[str, Any]:
         )
     if isinstance(plan.seed, bool) or not isinstance(plan.seed, int):
         raise MergeError(f"seed must be an integer, got {plan.seed!r}", hint="pass an integer seed")
+    if plan.base_quantization is not None and not isinstance(plan.base_quantization, BaseQuantization):
+        raise MergeError(f"base_quantization must be a BaseQuantization, got {plan.base_quantization!r}",
+                         hint="pass e.g. BaseQuantization('nf4', double_quant=True)")
+    if plan.side_files is not None:
+        from lorareg.merge.side_files import GROUPS
+
+        for group, index in plan.side_files.items():
+            if group not in GROUPS or not isinstance(index, int) or not 0 <= index < len(plan.adapters):
+                raise MergeError(f"side_files: {group!r} -> {index!r} names no side-file group and adapter",
+                                 hint="groups: " + ", ".join(GROUPS) + "; values: an index into the adapters")
     for a in plan.adapters:
         w = a.weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):

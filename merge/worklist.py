@@ -82,6 +82,8 @@ def _tie(index: int, adapter: LoadedAdapter, ops: dict[str, list[Op]], pair: Tie
             hint="retrain with the embedding layer as the target, as PEFT expects",
         )
     elif any(op.kind == "tokens" for op in emb_main):
+        if head_main and _same_tokens(emb_main, head_main):
+            head_main = []  # the tied head's copy of the embedding's rows (saved after a resize)
         if head_main:
             raise UnsupportedFeatureError(
                 f"{adapter.path}: trainable tokens on both tied tensors {pair.embedding} and {pair.head}",
@@ -93,6 +95,15 @@ def _tie(index: int, adapter: LoadedAdapter, ops: dict[str, list[Op]], pair: Tie
     if shared or head_main:
         ops[pair.head] = shared + head_main
     return notes
+
+
+def _same_tokens(emb: list[Op], head: list[Op]) -> bool:
+    import torch
+
+    if len(emb) != 1 or len(head) != 1 or head[0].kind != "tokens":
+        return False
+    (ei, ev), (hi, hv) = emb[0].payload, head[0].payload
+    return tuple(ei) == tuple(hi) and torch.equal(ev, hv)
 
 
 def build_ops(adapters: list[LoadedAdapter], weights: list[float], method: str, pair: TiedPair | None) -> TensorOps:

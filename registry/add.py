@@ -17,7 +17,7 @@ from lorareg.registry import events, lookup
 from lorareg.registry import models as m
 from lorareg.registry.context import Context
 from lorareg.registry.inputs import check_adapter, check_base, describe_base
-from lorareg.registry.refs import check_name, default_name
+from lorareg.registry.refs import a_kind, check_name, default_name, default_name_for_folder
 from lorareg.registry.register import NewVersion, folder_of, register_version
 from lorareg.registry.results import VersionInfo
 from lorareg.registry.version_info import version_info
@@ -25,18 +25,23 @@ from lorareg.registry.version_info import version_info
 Progress = Callable[[int], None] | None
 
 
-def content_digest_of(digest: str, files: Mapping, extra: Mapping | None = None) -> str:
-    """What makes two registrations "the same content": the digest, every file's hash, and
-    ``extra`` (where a base lives, what an adapter was trained on)."""
+def content_digest_of(digest: str, extra: Mapping | None = None) -> str:
+    """What makes two registrations "the same content": the whole-model digest (a README or
+    training state does not count) and ``extra`` (where a base lives, what an adapter was
+    trained on, which recipe made a merge)."""
     from lorareg.store.digest import digest_json
 
-    return digest_json({"digest": digest, "files": {k: v.sha256 for k, v in files.items()}, **(extra or {})})
+    return digest_json({"digest": digest, **(extra or {})})
+
+
+def _same_content(name: str, content: str):
+    return lambda session: lookup.with_content(session, name, content)
 
 
 def _name_for(name: str | None, path: Path, hub: Mapping | None) -> str:
     if name is not None:
         return check_name(name)
-    return default_name(hub["repo_id"].split("/")[-1] if hub else Path(path).resolve().name)
+    return default_name(hub["repo_id"].split("/")[-1]) if hub else default_name_for_folder(Path(path).resolve())
 
 
 def _existing(ctx: Context, name: str, content: str) -> VersionInfo | None:
@@ -49,17 +54,17 @@ def add_base(ctx: Context, *, path: Path, name: str | None, reference: bool, all
              progress: Progress, hub: Mapping | None = None) -> VersionInfo:
     from lorareg.store.digest import checkpoint_digest, manifest_text
 
-    checked = check_base(Path(path), allow_pickle=allow_pickle, scratch=ctx.home.tmp)
+    checked = check_base(Path(path), allow_pickle=allow_pickle, scratch=ctx.scratch())
     try:
         if reference and checked.converted_from_pickle:
             raise CheckpointError("a pickle checkpoint cannot be tracked by reference: it must be converted",
                                   hint="drop --reference to store a converted safetensors copy")
         name = _name_for(name, path, hub)
-        cd = checkpoint_digest(checked.folder, progress=progress)
-        summary = describe_base(checked.folder, cd.tensors)
+        cd = checkpoint_digest(checked.folder, progress=progress, skip=checked.skipped)
+        summary = {**describe_base(checked.folder, cd.tensors), **_skipped(checked)}
         source = "hub" if hub else ("reference" if reference else "store")
         source_path = str(checked.folder) if reference else None
-        content = content_digest_of(cd.digest, cd.files, {"source": source, "path": source_path})
+        content = content_digest_of(cd.digest, {"source": source, "path": source_path})
         existing = _existing(ctx, name, content)
         if existing is not None:
             return existing
@@ -72,10 +77,13 @@ def add_base(ctx: Context, *, path: Path, name: str | None, reference: bool, all
                 architecture=summary["architecture"], dtype=summary["dtype"], param_count=summary["param_count"],
                 summary_json=events.dumps(summary)))
 
-        return register_version(ctx, NewVersion(
-            name=name, kind="base", digest=cd.digest, content_digest=content, files=cd.files, folder=checked.folder,
-            store=not reference, manifest=manifest_text(cd.tensors).encode(), add_rows=add_rows,
-            event={"source": source, "path": str(Path(path))}), progress=progress)
+        info = register_version(ctx, NewVersion(
+            name=name, kind="base", digest=cd.digest, weights_digest=cd.weights_digest, content_digest=content,
+            files=cd.files, folder=checked.folder, store=not reference, manifest=manifest_text(cd.tensors).encode(),
+            add_rows=add_rows, existing=_same_content(name, content),
+            event={"source": source, "path": str(Path(path)), "skipped": list(checked.skipped)}), progress=progress)
+        _record_training(ctx, info, checked)
+        return info
     finally:
         if checked.converted_from_pickle:
             shutil.rmtree(checked.folder, ignore_errors=True)
@@ -86,19 +94,22 @@ def add_adapter(ctx: Context, *, path: Path, base: str, name: str | None, allow_
     from lorareg.merge import check_adapter_fits
     from lorareg.store.digest import checkpoint_digest, digest_json, manifest_text
 
-    checked = check_adapter(Path(path), allow_pickle=allow_pickle, scratch=ctx.home.tmp)
+    checked = check_adapter(Path(path), allow_pickle=allow_pickle, scratch=ctx.scratch())
     try:
         name = _name_for(name, path, hub)
+        from contextlib import ExitStack
+
+        from lorareg.registry.chains import parent_folder, resolve_base
+
         with ctx.session() as session:
-            base_row = lookup.resolve(session, base)
-            if base_row.kind != "base":
-                raise LoraregError(f"{base} is a {base_row.kind}; adapters are registered against a base",
-                                   hint="list bases with: lorareg ls bases")
-            base_folder = folder_of(ctx, session, base_row)
-        summary = check_adapter_fits(base=base_folder, adapter=checked.folder)
+            base_row = resolve_base(session, base)  # a base, or a merged model (an adapter chain)
+        with ExitStack() as temporary:  # a merged model kept as recipe only is rebuilt to be checked
+            summary = check_adapter_fits(base=parent_folder(ctx, lookup.ref_of(base_row), temporary),
+                                         adapter=checked.folder)
         config_digest = digest_json(summary.normalized_config)
-        cd = checkpoint_digest(checked.folder, progress=progress)
-        content = content_digest_of(cd.digest, cd.files, {"config": config_digest, "base": base_row.digest})
+        cd = checkpoint_digest(checked.folder, progress=progress, skip=checked.skipped,
+                               extra={"adapter_config": config_digest})
+        content = content_digest_of(cd.digest, {"base": base_row.digest})
         existing = _existing(ctx, name, content)
         if existing is not None:
             return existing
@@ -108,7 +119,7 @@ def add_adapter(ctx: Context, *, path: Path, base: str, name: str | None, allow_
             "modules_to_save": list(summary.modules_to_save or ()), "lora_bias": summary.lora_bias,
             "fan_in_fan_out": summary.fan_in_fan_out, "peft_type": summary.peft_type,
             "base_model_name_or_path": summary.base_model_name_or_path,
-            "trainable_params": sum(math.prod(t.shape) for t in cd.tensors),
+            "trainable_params": sum(math.prod(t.shape) for t in cd.tensors), **_skipped(checked),
         }
         hub = hub or {}
 
@@ -119,13 +130,42 @@ def add_adapter(ctx: Context, *, path: Path, base: str, name: str | None, allow_
                 use_dora=bool(summary.use_dora), hub_repo=hub.get("repo_id"), hub_commit=hub.get("commit_sha"),
                 summary_json=events.dumps(details)))
 
-        return register_version(ctx, NewVersion(
-            name=name, kind="adapter", digest=cd.digest, content_digest=content, files=cd.files,
-            folder=checked.folder, manifest=manifest_text(cd.tensors).encode(), add_rows=add_rows,
-            event={"base": lookup.ref_of(base_row), "path": str(Path(path))}), progress=progress)
+        info = register_version(ctx, NewVersion(
+            name=name, kind="adapter", digest=cd.digest, weights_digest=cd.weights_digest, content_digest=content,
+            files=cd.files, folder=checked.folder, manifest=manifest_text(cd.tensors).encode(), add_rows=add_rows,
+            existing=_same_content(name, content),
+            event={"base": lookup.ref_of(base_row), "path": str(Path(path)), "skipped": list(checked.skipped)}),
+            progress=progress)
+        _record_training(ctx, info, checked)
+        return info
     finally:
         if checked.converted_from_pickle:
             shutil.rmtree(checked.folder, ignore_errors=True)
+
+
+def _skipped(checked) -> dict:
+    return {"skipped_training_state": list(checked.skipped)} if checked.skipped else {}
+
+
+def _record_training(ctx: Context, info: VersionInfo, checked) -> None:
+    """A Trainer checkpoint's trainer_state.json becomes the version's params and metrics
+    (instead of a stored file): its step, epoch and every logged number, at its step."""
+    import math as _math
+
+    from lorareg.registry.tracking import log_metrics, log_params
+
+    state = checked.trainer_state
+    if not state or info.existed:
+        return
+    log_params(ctx, ref=info.ref, params={k: state[k] for k in ("global_step", "epoch", "max_steps")
+                                          if isinstance(state.get(k), (int, float))})
+    for entry in state.get("log_history") or []:
+        if not isinstance(entry, dict):
+            continue
+        numbers = {k: v for k, v in entry.items() if k not in ("step", "epoch") and isinstance(v, (int, float))
+                   and not isinstance(v, bool) and _math.isfinite(v)}
+        if numbers:
+            log_metrics(ctx, ref=info.ref, metrics=numbers, step=entry.get("step"))
 
 
 def add_from_hub(ctx: Context, *, uri: str, kind: str, base: str | None, name: str | None, reference: bool,

@@ -10,18 +10,22 @@ from sqlmodel import select
 
 from lorareg.errors import NotFoundError
 from lorareg.registry import events, lookup
+from lorareg.registry.check import require_check as require_check_gate
 from lorareg.registry import models as m
 from lorareg.registry.context import Context
 from lorareg.registry.refs import check_alias, check_name
-from lorareg.registry.results import AliasInfo
+from lorareg.registry.results import AliasInfo, EventInfo
 
 
 def set_alias(ctx: Context, *, name: str, alias: str, version: int, action: str = "alias",
-              message: str | None = None) -> AliasInfo:
+              message: str | None = None, require_check: bool | None = False) -> AliasInfo:
     """Point ``name@alias`` at ``version`` (recorded as an event, so history is kept)."""
     check_alias(alias)
     with ctx.session() as session:
         row = lookup.resolve(session, f"{check_name(name)}@{int(version)}")
+        # the release gate (``alias set --require-check``, or the registry's require-check setting
+        # when None); ``rollback --to`` keeps the default False: going back is never blocked
+        require_check_gate(session, row, require=require_check, action=f"alias set {name} {alias}")
         existing = session.get(m.Alias, (name, alias))
         before = session.get(m.Version, existing.version_id).version if existing else None
         if existing is None:
@@ -62,12 +66,37 @@ def aliases(ctx: Context, *, name: str | None = None) -> list[AliasInfo]:
                 for a, v in session.exec(q.order_by(m.Alias.name, m.Alias.alias)).all()]
 
 
+def alias_events(ctx: Context, *, name: str | None = None, limit: int = 100) -> list[EventInfo]:
+    """The last ``limit`` moves of aliases (of one name, or all), newest first, with who made
+    them: events ``alias`` (args: alias, version, previous) and ``alias-rm`` (alias, previous).
+    A move made by ``rollback --to`` carries ``rollback: True`` and its message."""
+    q = select(m.Event).where(m.Event.action.in_(("alias", "alias-rm", "rollback")))
+    if name:
+        q = q.where(m.Event.ref.startswith(f"{check_name(name)}@"))
+    with ctx.session() as session:
+        # rollback events of new versions (not alias moves) share the action: fetch a margin
+        rows = session.exec(q.order_by(m.Event.id.desc()).limit(3 * limit)).all()
+    moves: list[EventInfo] = []
+    pending: dict[str, dict] = {}  # ref -> args of an alias rollback, waiting for its move (older id)
+    for e in rows:
+        args = json.loads(e.args_json)
+        if e.action == "rollback":
+            if "alias" in args and "to" in args:  # recorded right after the move it explains
+                pending[e.ref] = {"rollback": True, "message": args.get("message")}
+            continue
+        extra = pending.pop(e.ref, {}) if e.action == "alias" else {}
+        moves.append(EventInfo(id=e.id, time=e.time, user=e.user, action=e.action, ref=e.ref, args={**args, **extra}))
+    return moves[:limit]
+
+
 def alias_history(ctx: Context, *, name: str, alias: str | None = None, at: datetime | None = None) -> list[AliasInfo]:
     """Every move of ``name``'s aliases, oldest first.  With ``at``, only what each alias
     pointed at at that moment: "what was live on Tuesday"."""
+    from lorareg.registry.remove import under_any_name
+
     with ctx.session() as session:
         rows = session.exec(select(m.Event).where(m.Event.action.in_(("alias", "alias-rm")),
-                                                  m.Event.ref.startswith(f"{check_name(name)}@"))
+                                                  under_any_name(session, check_name(name)))
                             .order_by(m.Event.id)).all()
     moves = []
     for e in rows:

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from lorareg.registry.results import (AliasInfo, DiffResult, EventInfo, GcResult, Kind, Lineage, PushInfo,
-                                      RebuildResult, RegistryLocation, SearchHit, Tracked, VerifyResult, VersionInfo)
+                                      RebuildResult, RegistryLocation, SearchHit, Tracked, VerifyResult, VersionInfo,
+                                      VersionPage)
+from lorareg.registry.results import QueryHit, RemoveResult, RenameResult
+from lorareg.registry.results import CheckResult
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -121,6 +124,45 @@ class Registry:
 
         return count(self._ctx, kind=kind, name=name)
 
+    def browse(self, *, kind: Kind | None = None, name: str | None = None, contains: str | None = None,
+               tags: Mapping[str, str | None] | None = None, alias: str | None = None, order_by: str | None = None,
+               descending: bool = False, limit: int = 50, offset: int = 0) -> VersionPage:
+        """One page of versions filtered by kind, name (exact, or ``contains``), tags (``None``: any
+        value) and alias, sorted by ``kind`` (default), ``created``, ``size``, ``name`` or ``metric:KEY``."""
+        from lorareg.registry.listing import browse
+
+        return browse(self._ctx, kind=kind, name=name, contains=contains, tags=tags, alias=alias, order_by=order_by,
+                      descending=descending, limit=limit, offset=offset)
+
+    def model_card(self, *, ref: str) -> str | None:
+        """The text of ``ref``'s README.md from the blob store (None: no card, or its bytes are not stored)."""
+        from lorareg.registry.listing import model_card
+
+        return model_card(self._ctx, ref=ref)
+
+    def query(self, *, kind: Kind | None = None, name: str | None = None, where: Sequence[str] = (),
+              tags: Mapping[str, str | None] | None = None, sort: str | None = None, descending: bool = False,
+              removed: bool = False, limit: int | None = None, offset: int = 0) -> list[QueryHit]:
+        """Versions matching every ``where`` comparison (``"eval_loss<0.5"``, ``"param.lr>=1e-4"``)
+        and tag (``None``: any value), sorted by a metric, a param, ``created``, ``name`` or ``size``
+        (``"-KEY"``: largest first); ``removed`` lists removed versions too."""
+        from lorareg.registry.listing import query
+
+        return query(self._ctx, kind=kind, name=name, where=tuple(where), tags=tags, sort=sort,
+                     descending=descending, removed=removed, limit=limit, offset=offset)
+
+    def ref_candidates(self, *, prefix: str = "", kind: Kind | None = None) -> list[str]:
+        """Names (or after ``NAME@``, that name's versions and aliases) starting with ``prefix``: shell completion."""
+        from lorareg.registry.listing import ref_candidates
+
+        return ref_candidates(self._ctx, prefix=prefix, kind=kind)
+
+    def same_content(self, *, ref: str) -> list[str]:
+        """Live versions under other names with ``ref``'s digest (the same model registered twice)."""
+        from lorareg.registry.listing import same_content
+
+        return same_content(self._ctx, ref=ref)
+
     def log(self, *, ref: str | None = None, limit: int = 50) -> list[EventInfo]:
         """Events, newest first (optionally only those of one name)."""
         from lorareg.registry.listing import log
@@ -142,11 +184,14 @@ class Registry:
         return verify(self._ctx, ref=ref, all_versions=all_versions, progress=progress)
 
     # -- aliases ------------------------------------------------------------------------
-    def set_alias(self, *, name: str, alias: str, version: int) -> AliasInfo:
-        """Point ``name@alias`` at ``version`` (recorded as an event, so history is kept)."""
+    def set_alias(self, *, name: str, alias: str, version: int, require_check: bool | None = None) -> AliasInfo:
+        """Point ``name@alias`` at ``version`` (recorded as an event, so history is kept).
+
+        ``require_check=True`` refuses a merge whose latest check did not pass; None follows
+        the registry's ``require-check`` setting."""
         from lorareg.registry.aliases import set_alias
 
-        return set_alias(self._ctx, name=name, alias=alias, version=version)
+        return set_alias(self._ctx, name=name, alias=alias, version=version, require_check=require_check)
 
     def remove_alias(self, *, name: str, alias: str) -> None:
         from lorareg.registry.aliases import remove_alias
@@ -164,14 +209,29 @@ class Registry:
 
         return alias_history(self._ctx, name=name, alias=alias, at=at)
 
+    def alias_events(self, *, name: str | None = None, limit: int = 100) -> list[EventInfo]:
+        """The last alias moves (of ``name``, or all), newest first, with who made each."""
+        from lorareg.registry.aliases import alias_events
+
+        return alias_events(self._ctx, name=name, limit=limit)
+
     # -- merging ------------------------------------------------------------------------
     def merge(self, *, base: str, adapters: Sequence[AdapterSpec], name: str, method: str = "linear",
               params: Mapping[str, Any] | None = None, seed: int | None = None, dtype: Dtype = "auto",
               adapter_dtype: AdapterDtype = "float32", as_adapter: Literal["cat", "svd"] | None = None,
               rank: int | None = None, keep: Literal["files", "recipe"] = "files", allow_base_mismatch: bool = False,
               max_shard_size: int = 5 * 2**30, message: str | None = None,
-              progress: StepProgress = None) -> VersionInfo:
+              progress: StepProgress = None, allow_noop: bool = False,
+              tokenizer_from: str | None = None, base_quantization: Mapping[str, Any] | None = None) -> VersionInfo:
         """Merge adapters (``"chat@2"``, ``"chat@2:0.5"`` or ``("chat@2", 0.5)``) into ``base``.
+
+        ``base`` may be a merged model (adapter chains: an adapter trained on it).  The
+        adapters' tokenizer, chat template and generation config replace the base's;
+        ``tokenizer_from`` (an adapter's ref, or the base's) picks when adapters disagree.
+        ``allow_noop`` merges an untrained adapter, or one whose changes round away.
+        ``base_quantization`` (QLoRA adapters), e.g. ``{"quant_type": "nf4", "double_quant": True,
+        "blocksize": 64}``: merge into bitsandbytes' dequantize(quantize(base)), the weights the
+        adapter was trained on (needs ``lorareg[qlora]``).
 
         ``params`` are the method's own parameters (``lorareg.merge.METHODS[method].params``),
         e.g. ``{"density": 0.5}`` for ties.  The recipe (input digests, weights, method,
@@ -182,13 +242,16 @@ class Registry:
         return merge(self._ctx, name=name, keep=keep, message=message, progress=progress, base=base,
                      adapters=adapters, method=method, params=params or {}, seed=seed, dtype=dtype,
                      adapter_dtype=adapter_dtype, output=as_adapter or "model", rank=rank,
-                     max_shard_size=max_shard_size, allow_base_mismatch=allow_base_mismatch)
+                     max_shard_size=max_shard_size, allow_base_mismatch=allow_base_mismatch,
+                     allow_noop=allow_noop, tokenizer_from=tokenizer_from, base_quantization=base_quantization)
 
-    def export(self, *, ref: str, dest: str | os.PathLike[str], progress: StepProgress = None) -> VersionInfo:
-        """Write a version's files to ``dest`` as a standalone folder (rebuilt first if recipe only)."""
+    def export(self, *, ref: str, dest: str | os.PathLike[str], copy: bool = False,
+               progress: StepProgress = None) -> VersionInfo:
+        """Write a version's files to ``dest`` as a standalone folder (rebuilt first if recipe only).
+        Files are reflinks or hard links to the read-only blobs where possible; ``copy`` forces copies."""
         from lorareg.registry.export import export
 
-        return export(self._ctx, ref=ref, dest=Path(dest), progress=progress)
+        return export(self._ctx, ref=ref, dest=Path(dest), copy=copy, progress=progress)
 
     def materialize(self, *, ref: str, progress: StepProgress = None) -> VersionInfo:
         """Give a recipe-only merge its files back (rebuilt, digest checked, stored)."""
@@ -219,17 +282,31 @@ class Registry:
 
         return rollback_alias(self._ctx, name=name, to=to, alias=alias, message=message)
 
-    def lineage(self, *, ref: str, down: bool = False) -> Lineage:
-        """The graph of what ``ref`` was made from (or, with ``down``, what was made from it)."""
+    def lineage(self, *, ref: str, down: bool = False, max_nodes: int | None = None) -> Lineage:
+        """The graph of what ``ref`` was made from (or, with ``down``, what was made from it);
+        ``max_nodes`` keeps the nearest that many versions (``truncated`` then says so)."""
         from lorareg.registry.lineage import lineage
 
-        return lineage(self._ctx, ref=ref, down=down)
+        return lineage(self._ctx, ref=ref, down=down, max_nodes=max_nodes)
 
     def diff(self, *, a: str, b: str) -> DiffResult:
         """Recipe differences, and tensor differences when both versions have their files."""
         from lorareg.registry.lineage import diff
 
         return diff(self._ctx, a=a, b=b)
+
+    def remove(self, *, refs: Sequence[str], force: bool = False, message: str | None = None) -> RemoveResult:
+        """Remove versions (rows kept as tombstones, bytes evicted); one that something still uses
+        (a merge, an adapter, an alias, a Hub push) is refused unless ``force``."""
+        from lorareg.registry.remove import remove
+
+        return remove(self._ctx, refs=tuple(refs), force=force, message=message)
+
+    def rename(self, *, old: str, new: str) -> RenameResult:
+        """Give a name (all its versions) a new one; recorded recipes follow."""
+        from lorareg.registry.remove import rename
+
+        return rename(self._ctx, old=old, new=new)
 
     def gc(self, *, evict: Sequence[str] = (), merges_older_than_days: float | None = None,
            dry_run: bool = False) -> GcResult:
@@ -256,11 +333,23 @@ class Registry:
 
         set_tags(self._ctx, ref=ref, tags=tags)
 
+    def untag(self, *, ref: str, keys: Sequence[str]) -> None:
+        """Remove tags by key (all, or none when one is not set)."""
+        from lorareg.registry.tracking import untag
+
+        untag(self._ctx, ref=ref, keys=tuple(keys))
+
     def tracked(self, *, ref: str) -> Tracked:
         """Params, tags, latest metrics and metric history of ``ref``."""
         from lorareg.registry.tracking import tracked
 
         return tracked(self._ctx, ref=ref)
+
+    def metric_keys(self) -> list[str]:
+        """Every metric key logged on any version (what ``browse`` can sort by)."""
+        from lorareg.registry.tracking import metric_keys
+
+        return metric_keys(self._ctx)
 
     def search(self, *, kind: Kind | None = None, tags: Mapping[str, str] | None = None,
                params: Mapping[str, Any] | None = None, order_by: str | None = None,
@@ -278,15 +367,59 @@ class Registry:
 
     # -- the Hugging Face Hub ----------------------------------------------------------------
     def push(self, *, ref: str, repo: str, tag: str | None = None, branch: str | None = None, private: bool = False,
-             adapter_only: bool = False, endpoint: str | None = None, token: str | None = None) -> PushInfo:
-        """Upload a version with its model card in one commit tagged ``v<version>``; a no-op if already there."""
+             adapter_only: bool = False, endpoint: str | None = None, token: str | None = None,
+             require_check: bool | None = None) -> PushInfo:
+        """Upload a version with its model card in one commit tagged ``v<version>``; a no-op if already there.
+
+        ``require_check=True`` refuses a merge whose latest check did not pass; None follows
+        the registry's ``require-check`` setting.  The card cites the latest passing check."""
         from lorareg.registry.push import push
 
         return push(self._ctx, ref=ref, repo_id=repo, tag=tag, branch=branch, private=private,
-                    adapter_only=adapter_only, endpoint=endpoint, token=token)
+                    adapter_only=adapter_only, endpoint=endpoint, token=token, require_check=require_check)
 
     def pushes(self, *, ref: str | None = None) -> list[PushInfo]:
         """Where versions live on the Hub, oldest push first (optionally of one version)."""
         from lorareg.registry.push import pushes
 
         return pushes(self._ctx, ref=ref)
+
+    # -- checks and settings --------------------------------------------------------------
+    def check(self, *, ref: str, prompts: str | os.PathLike[str] | None = None, chat: bool = False,
+              samples: int | None = None, max_new_tokens: int | None = None, seed: int = 0, device: str = "cpu",
+              progress: StepProgress = None) -> CheckResult:
+        """Compare the merged version ``ref`` with the unmerged model its recipe describes, and record it.
+
+        Inputs: ``samples`` (default 8) token sequences drawn from the vocabulary with ``seed``,
+        or the lines of ``prompts`` (``chat`` applies the chat template).  ``max_new_tokens``
+        also compares greedy generations.  The result says whether it passed (the rule is
+        ``lorareg.merge.behaviour.RULE``); a failing check is recorded too.  ``progress`` gets
+        (done, total, what) for a recipe-only version's rebuild, then for the three runs."""
+        from lorareg.registry.check import check
+
+        return check(self._ctx, ref=ref, prompts=Path(prompts) if prompts is not None else None, chat=chat,
+                     samples=samples, max_new_tokens=max_new_tokens, seed=seed, device=device, progress=progress)
+
+    def checks(self, *, ref: str) -> list[CheckResult]:
+        """Every recorded check of ``ref``, oldest first."""
+        from lorareg.registry.check import checks
+
+        return checks(self._ctx, ref=ref)
+
+    def get_setting(self, *, key: str) -> str:
+        """A registry-wide setting (e.g. ``require-check``: ``"true"`` or ``"false"``)."""
+        from lorareg.registry.settings import get_setting
+
+        return get_setting(self._ctx, key=key)
+
+    def set_setting(self, *, key: str, value: str | bool) -> str:
+        """Set a registry-wide setting; returns the value as stored."""
+        from lorareg.registry.settings import set_setting
+
+        return set_setting(self._ctx, key=key, value=str(value))
+
+    def settings(self) -> dict[str, str]:
+        """Every known setting with its value."""
+        from lorareg.registry.settings import all_settings
+
+        return all_settings(self._ctx)

@@ -35,7 +35,8 @@ _SECRETS = [
 ]
 
 
-def merge_card(session: "Session", recipe: "Recipe", *, name: str, version: int, output_digest: str) -> str:
+def merge_card(session: "Session", recipe: "Recipe", *, name: str, version: int, output_digest: str,
+               check: Mapping[str, Any] | None = None) -> str:
     """The card of a merged version: its inputs with digests and sources, the recipe, how to rebuild."""
     from lorareg.registry import lookup
     from lorareg.registry import models as m
@@ -49,7 +50,7 @@ def merge_card(session: "Session", recipe: "Recipe", *, name: str, version: int,
         for a in recipe.adapters]
     return render_card(kind="merge" if recipe.output == "model" else "adapter", name=name, version=version,
                        base_model=base_extra.hub_repo if base_extra is not None else None, recipe=recipe.to_json(),
-                       inputs=inputs, output_digest=output_digest, lorareg_version=lorareg_version())
+                       inputs=inputs, output_digest=output_digest, lorareg_version=lorareg_version(), check=check)
 
 
 def version_card(session: "Session", row: "m.Version", *, adapter_only: bool) -> str:
@@ -60,15 +61,20 @@ def version_card(session: "Session", row: "m.Version", *, adapter_only: bool) ->
     from lorareg.registry.version_info import source_of, stored_recipe
 
     if row.kind == "merge":
+        from lorareg.registry.check import latest_passing, result_of
+
+        passing = latest_passing(session, row.id)  # cited in the card: the latest check that passed
         return merge_card(session, stored_recipe(session, row), name=row.name, version=row.version,
-                          output_digest=row.digest)
+                          output_digest=row.digest,
+                          check=result_of(passing, lookup.ref_of(row)).to_dict() if passing else None)
     inputs: list[dict] = []
     recipe: dict = {}
     base_model = None
     if row.kind == "adapter":
         ad = session.get(m.Adapter, row.id)
         base = session.get(m.Version, ad.base_version_id)
-        base_model = session.get(m.Base, base.id).hub_repo
+        base_extra = session.get(m.Base, base.id)  # None for a merged model (an adapter chain)
+        base_model = base_extra.hub_repo if base_extra is not None else None
         inputs = [{"role": "base", "ref": lookup.ref_of(base), "digest": base.digest,
                    "source": source_of(session, base)}]
         summary = json.loads(ad.summary_json)
@@ -80,7 +86,7 @@ def version_card(session: "Session", row: "m.Version", *, adapter_only: bool) ->
 
 def render_card(*, kind: Literal["merge", "adapter"], name: str, version: int, base_model: str | None,
                 recipe: Mapping[str, Any], inputs: Sequence[Mapping[str, Any]], output_digest: str,
-                lorareg_version: str) -> str:
+                lorareg_version: str, check: Mapping[str, Any] | None = None) -> str:
     """README.md text: Hub YAML front matter, then inputs, recipe, output digest, rebuild."""
     from huggingface_hub import ModelCardData
 
@@ -130,6 +136,7 @@ def render_card(*, kind: Literal["merge", "adapter"], name: str, version: int, b
          f"The lorareg digest (`lorareg show {name}@{version}`)") + " of the output (tensor names, dtypes, "
         "shapes and bytes; it does not depend on how the weights are split into shards).",
         "",
+        *(_check_section(check) if check else []),
         "## Rebuild",
         "",
         "With the inputs above registered in lorareg:",
@@ -142,6 +149,38 @@ def render_card(*, kind: Literal["merge", "adapter"], name: str, version: int, b
         "",
     ])
     return _redact(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _check_section(c: Mapping[str, Any]) -> list[str]:
+    """The latest passing ``lorareg check``, in words a reader of the card can verify."""
+    rounding = c.get("rounding") or {}
+    reference = ("the base with the adapters applied unmerged through PEFT" if c.get("reference") == "peft-unmerged"
+                 else "the base plus the recipe's combined deltas in float64, unrounded")
+    inputs = (f"{c.get('samples')} prompts (file sha256 `{c['prompts_sha256']}`"
+              + (", chat template applied)" if c.get("chat") else ")") if c.get("prompts_sha256")
+              else f"{c.get('samples')} token sequences drawn from the vocabulary with seed {c.get('seed')}")
+    lines = [
+        "## Check",
+        "",
+        f"`lorareg check` passed on {str(c.get('checked_at', ''))[:10]}: compared with {reference} in float32, "
+        f"{c.get('compared', 'the merged model')} ({c.get('dtype')}) differs by at most {_num(c.get('max_abs_diff'))} "
+        f"in its {c.get('outputs', 'logits')} (mean {_num(c.get('mean_abs_diff'))}); the tolerance is "
+        f"{_num(c.get('tolerance'))}, {_num(c.get('factor'))} times the {_num(rounding.get('max_abs_diff'))} that "
+        f"rounding alone makes ({rounding.get('baseline', 'the unmerged model in the merged dtype')}).",
+    ]
+    if c.get("top1_agreement") is not None:
+        lines.append(f"Top-1 agreement {c['top1_agreement']:.2%} (rounding alone: "
+                     f"{rounding.get('top1_agreement', 0):.2%}).")
+    if c.get("generation_agreement") is not None:
+        lines.append(f"Greedy generations ({c.get('max_new_tokens')} tokens): {c['generation_agreement']:.2%} "
+                     "of tokens equal.")
+    versions = ", ".join(f"{k} {v}" for k, v in sorted((c.get("versions") or {}).items()))
+    lines += [f"Inputs: {inputs}; {c.get('positions')} positions; {versions}.", ""]
+    return lines
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) else str(value)
 
 
 def _summary(kind: str, base_model: str | None, n_adapters: int, lorareg_version: str) -> str:

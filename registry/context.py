@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lorareg.registry.home import Home
@@ -30,13 +31,25 @@ class Context:
         """Create the folders if needed and bring the database schema to head."""
         from lorareg.registry.db import make_engine, sqlite_url, upgrade
         from lorareg.store.blobs import BlobStore
+        from lorareg.store.scratch import sweep
 
         h = Home.resolve(home, blobs)
         h.ensure()
         url = database_url or os.environ.get("LORAREG_DATABASE_URL") or sqlite_url(h.db_path)
         engine = make_engine(url)
-        upgrade(engine)
-        return cls(home=h, db=engine, blobs=BlobStore(h.blobs))
+        upgrade(engine, blobs=h.blobs)
+        blobs_store = BlobStore(h.blobs)
+        # What crashed runs left: their run folders' locks are free.  A listing of two folders.
+        sweep(h.tmp)
+        blobs_store.clean_temp()
+        return cls(home=h, db=engine, blobs=blobs_store)
+
+    def scratch(self) -> Path:
+        """This process's run folder under LORAREG_HOME/tmp: every temporary file goes here, so a
+        run killed at any point leaves nothing the next command does not remove."""
+        from lorareg.store.scratch import run_folder
+
+        return run_folder(self.home.tmp)
 
     def session(self) -> "Session":
         """A session whose rows stay readable after commit (they are turned into results)."""

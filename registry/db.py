@@ -21,20 +21,48 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+WRITER = "lorareg_writer"
+_MIGRATION_LOCK = 0x6C6F7261726567  # "lorareg": the advisory lock key of schema upgrades  # execution option of the sessions that write versions (see writer_session)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - exercised by every test
+            # We emit BEGIN ourselves: pysqlite's implicit one is DEFERRED and cannot be IMMEDIATE.
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
+        @event.listens_for(engine, "begin")
+        def _begin(conn) -> None:  # pragma: no cover - exercised by every test
+            # A writer takes the database's write lock when it begins, so its check for an
+            # identical version and the row it inserts are one step for every other writer.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITER) else "BEGIN")
+
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def writer_session(engine: Engine, name: str):
+    """A session in which registering a version under ``name`` is serialised with every other
+    writer of that name: SQLite takes its write lock at BEGIN; PostgreSQL a transaction-scoped
+    advisory lock keyed by the name.  Inside it, "is this content already here?" and "insert
+    the next number" cannot interleave with another process doing the same."""
+    import hashlib
+
+    from sqlmodel import Session
+
+    session = Session(engine.execution_options(**{WRITER: True}), expire_on_commit=False)
+    if engine.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"lorareg:{name}".encode()).digest()[:8], "big", signed=True)
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    return session
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -56,8 +84,9 @@ def alembic_config(engine: Engine):
     return cfg
 
 
-def upgrade(engine: Engine) -> None:
-    """Bring the database to HEAD; refuse one stamped by a newer lorareg."""
+def upgrade(engine: Engine, *, blobs: Path | None = None) -> None:
+    """Bring the database to HEAD; refuse one stamped by a newer lorareg.  ``blobs`` is the
+    blob folder, which revisions that recompute digests read small files from."""
     rev = current_revision(engine)
     if rev == HEAD:
         return
@@ -68,6 +97,11 @@ def upgrade(engine: Engine) -> None:
     known = {s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()}
     if rev is not None and rev not in known:
         raise SchemaError(f"the registry database is at schema revision {rev!r}, written by a newer lorareg")
-    with engine.begin() as conn:
+    # One upgrader at a time: processes opening a new (or older) registry together must not
+    # create the same tables twice.  SQLite: the write lock at BEGIN; PostgreSQL: an advisory lock.
+    with engine.execution_options(**{WRITER: True}).begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        cfg.attributes["blobs"] = blobs
+        command.upgrade(cfg, "head")  # a no-op when another process got there first

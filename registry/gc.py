@@ -13,6 +13,7 @@ from lorareg.errors import LoraregError
 from lorareg.registry import events, locking, lookup
 from lorareg.registry import models as m
 from lorareg.registry.context import Context
+from lorareg.registry.refs import a_kind
 from lorareg.registry.results import GcResult
 
 
@@ -45,7 +46,7 @@ def _evictable(session: Session, *, refs: tuple[str, ...], older_than_days: floa
                 rows[v.id] = v
     for row in rows.values():
         if row.kind != "merge":
-            raise LoraregError(f"{lookup.ref_of(row)} is a {row.kind}; only merges can be kept as recipe only",
+            raise LoraregError(f"{lookup.ref_of(row)} is {a_kind(row.kind)}; only merges can be kept as recipe only",
                                hint="lorareg ls merges")
     return [r for r in rows.values() if r.stored]
 

@@ -14,12 +14,43 @@ from lorareg.errors import CheckpointError, NotFoundError, PickleRefusedError
 from lorareg.store.pickles import is_pickle
 
 ADAPTER_CONFIG = "adapter_config.json"
+TRAINER_STATE = "trainer_state.json"
+# What a transformers Trainer checkpoint holds besides the model: optimizer, scheduler, grad
+# scaler and RNG states, the pickled TrainingArguments, the trainer's log, DeepSpeed's
+# per-step folders.  Not part of the model, often twice its size, and pickles.
+TRAINING_STATE = ("optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt", "rng_state.pth", "rng_state_*.pth",
+                  "training_args.bin", TRAINER_STATE, "global_step*/*", "latest", "zero_to_fp32.py")
 
 
 @dataclass(frozen=True)
 class Checked:
     folder: Path  # the folder to hash: the user's, or a converted copy in LORAREG_HOME/tmp
     converted_from_pickle: bool
+    skipped: tuple[str, ...] = ()  # training-state files left out (relative names)
+    trainer_state: dict[str, Any] | None = None  # trainer_state.json, when the folder is a Trainer checkpoint
+
+
+def training_state(folder: Path) -> tuple[str, ...]:
+    """Relative names of the training-state files in ``folder`` (``TRAINING_STATE``)."""
+    import fnmatch
+
+    found = []
+    for path in sorted(Path(folder).rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_file() and any(fnmatch.fnmatchcase(rel, p) for p in TRAINING_STATE):
+            found.append(rel)
+    return tuple(found)
+
+
+def _trainer_state(folder: Path) -> dict[str, Any] | None:
+    path = folder / TRAINER_STATE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable training log: skipped like the rest, nothing recorded from it
+    return data if isinstance(data, dict) else None
 
 
 def _require_folder(path: Path, what: str) -> Path:
@@ -45,7 +76,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _weights(folder: Path, *, allow_pickle: bool, stem: str) -> tuple[list[Path], list[Path]]:
     safetensors = sorted(folder.glob("*.safetensors"))
-    pickles = sorted(p for p in folder.iterdir() if is_pickle(p.name) and p.is_file())
+    state = set(training_state(folder))
+    pickles = sorted(p for p in folder.iterdir() if is_pickle(p.name) and p.is_file() and p.name not in state)
     if not safetensors and pickles and not allow_pickle:
         raise PickleRefusedError(f"{folder} holds only pickle weights ({pickles[0].name}); pickle can run code when loaded")
     if not safetensors and not pickles:
@@ -61,9 +93,19 @@ def check_base(path: Path, *, allow_pickle: bool, scratch: Path) -> Checked:
                               hint="pass a folder written by save_pretrained()")
     _read_json(folder / "config.json")
     safetensors, pickles = _weights(folder, allow_pickle=allow_pickle, stem="model")
+    _refuse_quantized(folder, safetensors)
     if safetensors:
-        return Checked(folder, False)
-    return Checked(_converted(folder, pickles, scratch, out_name="model.safetensors"), True)
+        return Checked(folder, False, training_state(folder), _trainer_state(folder))
+    return Checked(_converted(folder, pickles, scratch, out_name="model.safetensors"), True,
+                   training_state(folder), _trainer_state(folder))
+
+
+def _refuse_quantized(folder: Path, safetensors: list[Path]) -> None:
+    """bitsandbytes/GPTQ/AWQ checkpoints are refused as bases (merge/quantize.py says why)."""
+    from lorareg.merge.quantize import refuse_quantized_base
+    from lorareg.store.safetensors_header import read_header
+
+    refuse_quantized_base(folder, [name for f in safetensors for name in read_header(f).tensors])
 
 
 def check_adapter(path: Path, *, allow_pickle: bool, scratch: Path) -> Checked:
@@ -74,8 +116,9 @@ def check_adapter(path: Path, *, allow_pickle: bool, scratch: Path) -> Checked:
     _read_json(folder / ADAPTER_CONFIG)
     safetensors, pickles = _weights(folder, allow_pickle=allow_pickle, stem="adapter_model")
     if safetensors:
-        return Checked(folder, False)
-    return Checked(_converted(folder, pickles, scratch, out_name="adapter_model.safetensors"), True)
+        return Checked(folder, False, training_state(folder), _trainer_state(folder))
+    return Checked(_converted(folder, pickles, scratch, out_name="adapter_model.safetensors"), True,
+                   training_state(folder), _trainer_state(folder))
 
 
 def _converted(folder: Path, pickles: list[Path], scratch: Path, *, out_name: str) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from sqlmodel import Session
@@ -17,9 +18,9 @@ from lorareg.registry.add import content_digest_of
 from lorareg.registry.context import Context
 from lorareg.registry.produce import Produced, produce
 from lorareg.registry.recipe import (ADAPTER_DTYPES, DTYPES, OUTPUTS, AdapterRef, InputRef, Recipe, library_versions,
-                                     lorareg_version, resolve_dtype)
+                                     lorareg_version)
 from lorareg.registry.refs import check_name
-from lorareg.registry.register import NewVersion, register_version
+from lorareg.registry.register import NewVersion, folder_of, register_version
 from lorareg.registry.results import VersionInfo
 from lorareg.registry.version_info import version_info
 
@@ -49,10 +50,13 @@ def parse_adapter_args(adapters: Sequence[str | tuple[str, float]]) -> list[tupl
 
 def plan_recipe(session: Session, *, base: str, adapters: Sequence[str | tuple[str, float]], method: str,
                 params: Mapping[str, Any], seed: int | None, dtype: str, adapter_dtype: str, output: str,
-                rank: int | None, max_shard_size: int, allow_base_mismatch: bool) -> Recipe:
+                rank: int | None, max_shard_size: int, allow_base_mismatch: bool, allow_noop: bool = False,
+                tokenizer_from: str | None = None, base_quantization: Mapping[str, Any] | None = None) -> Recipe:
     """The recipe a merge request describes: inputs pinned to the digests registered now,
-    the method's parameters resolved from its declarations, the seed chosen if not given."""
+    the method's parameters resolved from its declarations, the seed chosen if not given.
+    The base may be a merged model (an adapter chain, chains.py)."""
     from lorareg.merge.methods import get_method
+    from lorareg.registry.chains import base_dtype, resolve_base
 
     if output not in OUTPUTS:
         raise MergeError(f"unknown output {output!r}", hint="use --as-adapter cat or --as-adapter svd --rank K")
@@ -62,7 +66,7 @@ def plan_recipe(session: Session, *, base: str, adapters: Sequence[str | tuple[s
         raise MergeError(f"unknown output dtype {dtype!r}", hint="use one of: " + ", ".join(DTYPES))
     if adapter_dtype not in ADAPTER_DTYPES:
         raise MergeError(f"unknown adapter dtype {adapter_dtype!r}", hint="use one of: " + ", ".join(ADAPTER_DTYPES))
-    base_row = lookup.resolve(session, base, kind="base")
+    base_row = resolve_base(session, base)
     rows = [(lookup.resolve(session, ref, kind="adapter"), w) for ref, w in parse_adapter_args(adapters)]
     for row, _ in rows:
         trained_on = session.get(m.Version, session.get(m.Adapter, row.id).base_version_id)
@@ -75,14 +79,46 @@ def plan_recipe(session: Session, *, base: str, adapters: Sequence[str | tuple[s
     resolved = meth.resolve_params(params, n_adapters=len(rows))
     if seed is None:
         seed = secrets.randbits(63) if meth.random else 0
+    if base_quantization is not None:
+        from lorareg.merge.quantize import BaseQuantization
+
+        if output != "model":
+            raise MergeError("--base-quantization merges into a model", hint="drop --as-adapter")
+        base_quantization = BaseQuantization(**base_quantization).to_json()  # checked here, before any work
+    if tokenizer_from is not None:
+        chosen = lookup.ref_of(lookup.resolve(session, tokenizer_from))
+        if chosen not in [lookup.ref_of(base_row)] + [lookup.ref_of(r) for r, _ in rows]:
+            raise MergeError(f"--tokenizer-from {tokenizer_from}: {chosen} is not an input of this merge",
+                             hint="name the base or one of the adapters being merged")
+        tokenizer_from = chosen
     return Recipe(
         base=InputRef(lookup.ref_of(base_row), base_row.digest),
         adapters=tuple(AdapterRef(lookup.ref_of(r), r.digest, session.get(m.Adapter, r.id).config_digest, w)
                        for r, w in rows),
         method=method, params=resolved, seed=int(seed),
-        dtype=resolve_dtype(dtype, session.get(m.Base, base_row.id).dtype), adapter_dtype=adapter_dtype,
+        dtype=base_dtype(session, base_row, dtype), adapter_dtype=adapter_dtype,
         output=output, rank=rank, max_shard_size=int(max_shard_size), allow_base_mismatch=allow_base_mismatch,
-        lorareg_version=lorareg_version(), versions=library_versions())
+        allow_noop=bool(allow_noop), tokenizer_from=tokenizer_from, base_quantization=base_quantization,
+        lorareg_version=lorareg_version(),
+        versions=library_versions(*(["bitsandbytes"] if base_quantization is not None else [])))
+
+
+def with_side_files(ctx: Context, recipe: Recipe) -> Recipe:
+    """The recipe with the adapter each side-file group (tokenizer, chat template, generation
+    config) comes from, chosen from the adapters' folders (merge/side_files.py); None when all
+    come from the base, which is what every recipe recorded before this choice means."""
+    from lorareg.merge.side_files import choose_side_files
+
+    if recipe.output != "model" or not recipe.adapters or recipe.subtracted is not None:
+        return replace(recipe, side_files=None)
+    refs = [a.ref for a in recipe.adapters]
+    with ctx.session() as session:
+        folders = [folder_of(ctx, session, lookup.resolve(session, ref)) for ref in refs]
+    prefer = None
+    if recipe.tokenizer_from is not None:
+        prefer = refs.index(recipe.tokenizer_from) if recipe.tokenizer_from in refs else -1
+    chosen = choose_side_files(folders, prefer=prefer, names=refs)
+    return replace(recipe, side_files={group: refs[i] for group, i in chosen.items()} or None)
 
 
 def merge(ctx: Context, *, name: str, keep: str, message: str | None, progress: Progress,
@@ -91,14 +127,16 @@ def merge(ctx: Context, *, name: str, keep: str, message: str | None, progress: 
     check_name(name)
     with ctx.session() as session:
         recipe = plan_recipe(session, **request)
+    recipe = with_side_files(ctx, recipe)
     return make_version(ctx, recipe, name=name, keep=keep, message=message, progress=progress)
 
 
 def make_version(ctx: Context, recipe: Recipe, *, name: str, keep: str, message: str | None, progress: Progress,
-                 parent_id: int | None = None, action: str = "merge") -> VersionInfo:
+                 parent_id: int | None = None, action: str = "merge", notes: Sequence[str] = ()) -> VersionInfo:
     """Make ``recipe`` the next version of ``name``.  Without a parent, an identical recipe
     already under ``name`` is returned as it is; a rollback (with a parent) always records a
-    new version, whose digest then equals that earlier one's."""
+    new version, whose digest then equals that earlier one's.  ``notes`` are added to what the
+    run reports."""
     if keep not in KEEP:
         raise MergeError(f"unknown --keep {keep!r}", hint="use --keep files or --keep recipe")
     with ctx.session() as session:
@@ -107,6 +145,9 @@ def make_version(ctx: Context, recipe: Recipe, *, name: str, keep: str, message:
         if found is not None and parent_id is None:
             return version_info(session, ctx.home, found, existed=True)
     produced = produce(ctx, recipe, progress=progress)
+    if notes:
+        produced = replace(produced, outcome={**produced.outcome,
+                                              "notes": [*produced.outcome.get("notes", []), *notes]})
     try:
         return register_merge(ctx, recipe, produced, name=name, keep=keep, message=message, parent_id=parent_id,
                               action=action)
@@ -135,9 +176,10 @@ def register_merge(ctx: Context, recipe: Recipe, produced: Produced, *, name: st
         return merge_card(session, recipe, name=name, version=version, output_digest=produced.digest)
 
     return register_version(ctx, NewVersion(
-        name=name, kind="merge", digest=produced.digest,
-        content_digest=content_digest_of(produced.digest, produced.files, {"recipe": digest}),
+        name=name, kind="merge", digest=produced.digest, weights_digest=produced.weights_digest,
+        content_digest=content_digest_of(produced.digest, {"recipe": digest}),
         files=produced.files, folder=produced.folder, store=keep == "files", move=True, parent_id=parent_id,
         message=message, action=action, add_rows=add_rows, card=card,
+        existing=None if parent_id is not None else (lambda session: lookup.with_recipe(session, name, digest)),
         event={"method": recipe.method, "keep": keep, "inputs": [a.ref for a in recipe.adapters]}))
 

@@ -36,8 +36,13 @@ class Version(SQLModel, table=True):
     name: str = Field(foreign_key="artifacts.name", index=True, max_length=128)
     version: int
     kind: str = Field(max_length=16)
-    digest: str = Field(index=True, max_length=80)  # tensor manifest digest "sha256:..."
-    content_digest: str = Field(max_length=80)  # digest over digest + every file's sha256
+    digest: str = Field(index=True, max_length=80)  # the whole model: weights + defining files "sha256:..."
+    weights_digest: Optional[str] = Field(default=None, max_length=80)  # the tensor manifest alone
+    # None, or "pending": the whole-model digest is computed when the version is next rebuilt
+    # (a recipe-only merge at the 0003 upgrade), or "reference-changed": the referenced folder
+    # no longer held the registered bytes at the upgrade, so only the weights digest is known.
+    digest_state: Optional[str] = Field(default=None, max_length=32)
+    content_digest: str = Field(max_length=80)  # what makes two registrations the same (dedup key)
     manifest_sha256: Optional[str] = Field(default=None, max_length=64)  # blob of the manifest
     size_bytes: int = Field(default=0, sa_type=BigInteger)
     stored: bool = True  # bytes live in the blob store (False: reference, or recipe only)
@@ -45,6 +50,9 @@ class Version(SQLModel, table=True):
     message: Optional[str] = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow)
     created_by: str = Field(default="", max_length=128)
+    # ``lorareg rm``: the row stays (its number is never reused, lineage through it stays whole)
+    # and its bytes are evicted; set when it was removed.
+    removed_at: Optional[datetime] = Field(default=None)
 
 
 class FileRow(SQLModel, table=True):
@@ -54,6 +62,9 @@ class FileRow(SQLModel, table=True):
     path: str = Field(primary_key=True, max_length=512)
     sha256: str = Field(index=True, max_length=64)
     size: int = Field(sa_type=BigInteger)
+    # A referenced file's stat when it was last hashed: the fast path that confirms it unchanged.
+    mtime_ns: Optional[int] = Field(default=None, sa_type=BigInteger)
+    inode: Optional[int] = Field(default=None, sa_type=BigInteger)
 
 
 class Base(SQLModel, table=True):
@@ -172,3 +183,39 @@ class HubPush(SQLModel, table=True):
     commit_sha: str = Field(max_length=64)
     adapter_only: bool = False
     pushed_at: datetime = Field(default_factory=utcnow)
+
+
+class Check(SQLModel, table=True):
+    """A ``lorareg check`` of a merged version against the unmerged model its recipe describes:
+    what it measured and exactly what it ran (inputs, libraries), passed or not."""
+
+    __tablename__ = "checks"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    version_id: int = Field(foreign_key="versions.id", index=True)
+    passed: bool
+    reference: str = Field(max_length=32)  # peft-unmerged | float64-deltas
+    dtype: str = Field(max_length=16)  # the dtype the merged output ran in
+    max_abs_diff: float  # inf: the merged output was not finite
+    mean_abs_diff: float
+    tolerance: float
+    top1_agreement: Optional[float] = None  # None for an encoder
+    generation_agreement: Optional[float] = None  # None without --max-new-tokens
+    seed: Optional[int] = Field(default=None, sa_type=BigInteger)  # drawn inputs
+    prompts_sha256: Optional[str] = Field(default=None, max_length=64)  # --prompts FILE
+    samples: int
+    # The rest of what it measured (the rounding baseline, factor, per-rule results, inputs'
+    # settings) and the library versions that ran it, as JSON.
+    numbers_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    versions_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    checked_at: datetime = Field(default_factory=utcnow)
+    checked_by: str = Field(default="", max_length=128)
+
+
+class Setting(SQLModel, table=True):
+    """Registry-wide settings (``lorareg config set KEY VALUE``), e.g. ``require-check``."""
+
+    __tablename__ = "settings"
+
+    key: str = Field(primary_key=True, max_length=64)
+    value: str = Field(sa_column=Column(Text, nullable=False))

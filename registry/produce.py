@@ -19,7 +19,7 @@ from lorareg.errors import IntegrityError, LoraregError, MergeError
 from lorareg.registry import lookup
 from lorareg.registry import models as m
 from lorareg.registry.context import Context
-from lorareg.registry.recipe import Recipe, resolve_dtype
+from lorareg.registry.recipe import Recipe
 from lorareg.registry.register import CARD, folder_of
 from lorareg.registry.results import FileDigest
 from lorareg.registry.version_info import stored_recipe
@@ -30,7 +30,8 @@ Progress = Callable[[int, int, str], None] | None
 @dataclass(frozen=True)
 class Produced:
     folder: Path  # a scratch folder under LORAREG_HOME/tmp; ``discard()`` removes it
-    digest: str
+    digest: str  # the whole model (weights and defining files)
+    weights_digest: str  # the tensor manifest alone
     files: dict[str, FileDigest]
     outcome: dict[str, Any] = field(default_factory=dict)  # what the run reported: notes, counts, ...
 
@@ -40,13 +41,13 @@ class Produced:
 
 def produce(ctx: Context, recipe: Recipe, *, recipe_digest: str | None = None, progress: Progress = None) -> Produced:
     """Run ``recipe`` into a new scratch folder (the caller stores or discards it)."""
-    work = Path(tempfile.mkdtemp(prefix="merge-", dir=ctx.home.tmp))
+    work = Path(tempfile.mkdtemp(prefix="merge-", dir=ctx.scratch()))
     out = work / "out"
     try:
         with ExitStack() as temporary_inputs:
             if recipe.subtracted is not None:
                 return _subtract(ctx, recipe, out, recipe_digest, progress, temporary_inputs)
-            base, adapters = _inputs(ctx, recipe)
+            base, adapters = _inputs(ctx, recipe, temporary_inputs)
             if not adapters:
                 return _base_copy(ctx, recipe, base, out)
             if recipe.output == "model":
@@ -64,7 +65,7 @@ def produce_version(ctx: Context, ref: str, *, progress: Progress = None) -> tup
         recipe = stored_recipe(session, row)
         recorded = session.get(m.Merge, row.id).recipe_digest
     produced = produce(ctx, recipe, recipe_digest=recorded, progress=progress)
-    if produced.digest != row.digest:
+    if not same_output(row, produced):
         produced.discard()
         raise IntegrityError(
             f"rebuilding {lookup.ref_of(row)} gave {produced.digest}, not the recorded {row.digest}",
@@ -72,15 +73,28 @@ def produce_version(ctx: Context, ref: str, *, progress: Progress = None) -> tup
     return row, produced
 
 
-def _inputs(ctx: Context, recipe: Recipe) -> tuple[Path, list[tuple[Path, float]]]:
-    """Folders of the recipe's inputs, found by reference and checked against its digests."""
+def same_output(row: m.Version, produced: Produced) -> bool:
+    """Whether ``produced`` is the version ``row`` recorded.  A recipe-only merge upgraded from
+    before whole-model digests ("pending") is compared by its weights digest."""
+    if row.digest_state == "pending":
+        return produced.weights_digest == row.weights_digest
+    return produced.digest == row.digest
+
+
+def _inputs(ctx: Context, recipe: Recipe, temporary: ExitStack) -> tuple[Path, list[tuple[Path, float]]]:
+    """Folders of the recipe's inputs, found by reference and checked against its digests.
+    A merged base kept as recipe only (an adapter chain) is rebuilt first (chains.py)."""
     with ctx.session() as session:
         base = lookup.resolve(session, recipe.base.ref)
         if base.digest != recipe.base.digest:
             raise LoraregError(f"{recipe.base.ref} no longer has the digest the recipe recorded",
                                hint="run: lorareg verify --all")
-        base_folder = folder_of(ctx, session, base)
+        base_folder = folder_of(ctx, session, base) if base.stored or base.kind == "base" else None
         adapters = [(folder_of(ctx, session, lookup.resolve(session, a.ref)), a.weight) for a in recipe.adapters]
+    if base_folder is None:
+        from lorareg.registry.chains import parent_folder
+
+        base_folder = parent_folder(ctx, recipe.base.ref, temporary)
     if recipe.allow_base_mismatch:
         from lorareg.merge import check_adapter_fits
 
@@ -98,7 +112,17 @@ def _plan(recipe: Recipe, base: Path, adapters: list[tuple[Path, float]]):
     declared = {p.name for p in get_method(recipe.method).params}
     return MergePlan(base=base, adapters=tuple(AdapterInput(p, w) for p, w in adapters), method=recipe.method,
                      params={k: v for k, v in recipe.params.items() if k in declared}, seed=recipe.seed, dtype=recipe.dtype,
-                     adapter_dtype=recipe.adapter_dtype, max_shard_size=recipe.max_shard_size)
+                     adapter_dtype=recipe.adapter_dtype, max_shard_size=recipe.max_shard_size,
+                     allow_noop=recipe.allow_noop, side_files=recipe.side_file_positions(),
+                     base_quantization=_quantization(recipe))
+
+
+def _quantization(recipe: Recipe):
+    if recipe.base_quantization is None:
+        return None
+    from lorareg.merge.quantize import BaseQuantization
+
+    return BaseQuantization(**recipe.base_quantization)
 
 
 def _merge(recipe: Recipe, base: Path, adapters: list[tuple[Path, float]], out: Path, recipe_digest: str | None,
@@ -107,18 +131,35 @@ def _merge(recipe: Recipe, base: Path, adapters: list[tuple[Path, float]], out: 
 
     res = merge(_plan(recipe, base, adapters), out, recipe_digest=recipe_digest or recipe.digest(),
                 progress=progress)
+    taken: dict[str, list[str]] = {}
+    for group, ref in (recipe.side_files or {}).items():
+        taken.setdefault(ref, []).append(group.replace("_", " "))
+    notes = [f"{', '.join(groups)} from {ref}" for ref, groups in taken.items()]
     return _without_card(out, res.digest, res.files, {
-        "notes": list(res.notes), "tensors_changed": res.tensors_changed, "tensors_total": res.tensors_total})
+        "notes": list(res.notes) + notes, "tensors_changed": res.tensors_changed,
+        "tensors_total": res.tensors_total, "side_files": _side_file_sources(recipe)})
+
+
+def _side_file_sources(recipe: Recipe) -> dict[str, str]:
+    """Where the merged folder's tokenizer, chat template and generation config came from."""
+    from lorareg.merge.side_files import GROUPS
+
+    return {group: (recipe.side_files or {}).get(group, recipe.base.ref) for group in GROUPS}
 
 
 def _as_adapter(recipe: Recipe, base: Path, adapters: list[tuple[Path, float]], out: Path) -> Produced:
     from lorareg.merge.as_adapter import combine_to_adapter
     from lorareg.store.digest import checkpoint_digest
 
+    from lorareg.merge import inspect_adapter
+    from lorareg.store.digest import digest_json
+
     res = combine_to_adapter(adapters=adapters, base=base, out_dir=out, kind=recipe.output, rank=recipe.rank)
-    cd = checkpoint_digest(out)
-    return _without_card(out, cd.digest, cd.files, {
-        "notes": list(res.notes), "module_errors": dict(res.module_errors), "output_rank": res.rank})
+    config_digest = digest_json(inspect_adapter(out).normalized_config)
+    cd = checkpoint_digest(out, extra={"adapter_config": config_digest})
+    return _without_card(out, cd.weights_digest, cd.files, {
+        "notes": list(res.notes), "module_errors": dict(res.module_errors), "output_rank": res.rank},
+        extra={"adapter_config": config_digest})
 
 
 def _base_copy(ctx: Context, recipe: Recipe, base: Path, out: Path) -> Produced:
@@ -127,9 +168,11 @@ def _base_copy(ctx: Context, recipe: Recipe, base: Path, out: Path) -> Produced:
 
     with ctx.session() as session:
         row = lookup.resolve(session, recipe.base.ref)
-        base_dtype = session.get(m.Base, row.id).dtype
+        from lorareg.registry.chains import base_dtype
+
         names = [f.path for f in lookup.file_rows(session, row) if f.path != CARD]
-    if recipe.dtype != resolve_dtype("auto", base_dtype):
+        auto = base_dtype(session, row)
+    if recipe.dtype != auto:
         raise MergeError("removing the last adapter leaves the base, but this merge changed its dtype",
                          hint="use the base version itself, or merge it again with --dtype auto")
     out.mkdir(parents=True)
@@ -137,7 +180,8 @@ def _base_copy(ctx: Context, recipe: Recipe, base: Path, out: Path) -> Produced:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(base / name, out / name)
     cd = checkpoint_digest(out)
-    return Produced(out, cd.digest, dict(cd.files), {"notes": ["no adapters remain: the output is the base"]})
+    return Produced(out, cd.digest, cd.weights_digest, dict(cd.files),
+                    {"notes": ["no adapters remain: the output is the base"]})
 
 
 def _subtract(ctx: Context, recipe: Recipe, out: Path, recipe_digest: str | None, progress: Progress,
@@ -159,11 +203,20 @@ def _subtract(ctx: Context, recipe: Recipe, out: Path, recipe_digest: str | None
         source_folder = rebuilt.folder
     plan = MergePlan(base=source_folder, adapters=(AdapterInput(adapter, -float(sub.removed.weight)),),
                      method="linear", seed=0, dtype=recipe.dtype, adapter_dtype=recipe.adapter_dtype,
-                     max_shard_size=recipe.max_shard_size)
+                     max_shard_size=recipe.max_shard_size,
+                     # the merged folder's own side files stay; subtracting a zero delta is no error
+                     allow_noop=True, side_files={})
     res = merge(plan, out, recipe_digest=recipe_digest or recipe.digest(), progress=progress)
     return _without_card(out, res.digest, res.files, {"notes": list(res.notes)})
 
 
-def _without_card(out: Path, digest: str, files: dict[str, FileDigest], outcome: dict[str, Any]) -> Produced:
-    (out / CARD).unlink(missing_ok=True)  # the engine's placeholder; register writes the real card
-    return Produced(out, digest, {k: v for k, v in files.items() if k != CARD}, outcome)
+def _without_card(out: Path, weights_digest: str, files: dict[str, FileDigest], outcome: dict[str, Any], *,
+                  extra: dict[str, Any] | None = None) -> Produced:
+    """The output without the engine's placeholder card (register writes the real one), with
+    its whole-model digest: the weights digest plus the defining files it holds."""
+    from lorareg.store.model_digest import folder_identities, model_digest
+
+    (out / CARD).unlink(missing_ok=True)
+    files = {k: v for k, v in files.items() if k != CARD}
+    digest = model_digest(weights_digest, folder_identities(out, files), extra)
+    return Produced(out, digest, weights_digest, files, outcome)

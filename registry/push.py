@@ -9,6 +9,7 @@ from lorareg.errors import HubError, LoraregError
 from lorareg.registry import events, lookup
 from lorareg.registry import models as m
 from lorareg.registry.card import version_card
+from lorareg.registry.check import require_check as require_check_gate
 from lorareg.registry.context import Context
 from lorareg.registry.rebuild import materialize
 from lorareg.registry.register import folder_of
@@ -16,11 +17,12 @@ from lorareg.registry.results import PushInfo
 
 
 def push(ctx: Context, *, ref: str, repo_id: str, tag: str | None, branch: str | None, private: bool,
-         adapter_only: bool, endpoint: str | None, token: str | None) -> PushInfo:
+         adapter_only: bool, endpoint: str | None, token: str | None, require_check: bool | None = None) -> PushInfo:
     from lorareg.registry import hub_client
 
     with ctx.session() as session:
         row = lookup.resolve(session, ref)
+        require_check_gate(session, row, require=require_check, action="push")  # before anything is uploaded
     if adapter_only:
         if row.kind == "merge":
             raise LoraregError(f"{lookup.ref_of(row)} is a merged model; --adapter-only pushes adapters",

@@ -11,9 +11,9 @@ from lorareg.registry import events, lookup
 from lorareg.registry import models as m
 from lorareg.registry.card import merge_card
 from lorareg.registry.context import Context
-from lorareg.registry.produce import Produced, produce, produce_version
+from lorareg.registry.produce import Produced, produce, produce_version, same_output
 from lorareg.registry.recipe import library_versions
-from lorareg.registry.register import store_existing
+from lorareg.registry.register import CARD, store_existing
 from lorareg.registry.results import RebuildResult, TensorDiff
 from lorareg.registry.version_info import stored_recipe
 
@@ -30,7 +30,7 @@ def rebuild(ctx: Context, *, ref: str, keep_files: bool = False, progress: Progr
         running = library_versions()
         changes = {k: {"recorded": v, "running": running.get(k)}
                    for k, v in recipe.versions.items() if running.get(k) != v}
-        ok = produced.digest == row.digest
+        ok = same_output(row, produced)
         diffs = () if ok else tuple(tensor_diffs(ctx, row, produced.folder))
         materialized = ok and keep_files and not row.stored
         if materialized:
@@ -62,11 +62,13 @@ def materialize(ctx: Context, *, ref: str, progress: Progress = None) -> None:
 def _store(ctx: Context, row: m.Version, produced: Produced) -> None:
     with ctx.session() as session:
         recipe = stored_recipe(session, row)
-        recorded = {f.path: f.sha256 for f in lookup.file_rows(session, row) if f.path.endswith(".safetensors")}
-    # The digest covers the tensors; the shards' own bytes (header, metadata) must match too.
-    mismatched = sorted(k for k, sha in recorded.items() if k not in produced.files or produced.files[k].sha256 != sha)
-    if mismatched:
-        raise IntegrityError(f"rebuilt {mismatched[0]} of {lookup.ref_of(row)} does not match its recorded hash",
+        recorded = {f.path for f in lookup.file_rows(session, row)} - {CARD}
+    # The digest (checked by the caller) covers the tensors and the defining files; the file
+    # list must match too.  A shard's own bytes may differ from what was recorded when its
+    # metadata names the recipe digest of an older recipe layout; the rows take the new hashes.
+    if recorded != set(produced.files):
+        raise IntegrityError(f"rebuilding {lookup.ref_of(row)} gave other files than it recorded "
+                             f"({sorted(recorded ^ set(produced.files))[0]})",
                              hint=f"run: lorareg rebuild {lookup.ref_of(row)} for a report")
     store_existing(ctx, version_id=row.id, folder=produced.folder, files=produced.files,
                    card=lambda session, version: merge_card(session, recipe, name=row.name, version=version,

@@ -62,11 +62,11 @@ class Subtraction:
         return {"source": self.source.to_json(), "removed": self.removed.to_json()}
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(*extra: str) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("torch", "peft", "safetensors", "transformers"):
+    for pkg in ("torch", "peft", "safetensors", "transformers", *extra):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:  # pragma: no cover
@@ -101,6 +101,16 @@ class Recipe:
     max_shard_size: int = 5 * 2**30
     allow_base_mismatch: bool = False
     subtracted: Subtraction | None = None
+    # Issue 11's fields: each is part of the identity only when set, so every recipe made
+    # before them keeps its digest (and a merge that uses none of them is that same recipe).
+    allow_noop: bool = False  # an untrained adapter, or deltas that round away, merged anyway
+    tokenizer_from: str | None = None  # the input (an adapter's ref, or the base's) chosen for side files
+    # side-file group -> the adapter it was taken from (ref), for groups not from the base;
+    # None: every group from the base (and every recipe recorded before side files moved)
+    side_files: Mapping[str, str] | None = None
+    # QLoRA: {"quant_type": "nf4"|"fp4", "double_quant": bool, "blocksize": int}; the base's
+    # linear layers go through bitsandbytes' quantize/dequantize before the merge
+    base_quantization: Mapping[str, Any] | None = None
     engine: str = ENGINE_VERSION
     lorareg_version: str = ""
     versions: Mapping[str, str] = field(default_factory=dict)  # torch, peft, ... that ran it
@@ -113,6 +123,10 @@ class Recipe:
         object.__setattr__(self, "adapters", tuple(self.adapters))
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
         object.__setattr__(self, "versions", MappingProxyType(dict(self.versions)))
+        if self.side_files is not None:
+            object.__setattr__(self, "side_files", MappingProxyType(dict(self.side_files)))
+        if self.base_quantization is not None:
+            object.__setattr__(self, "base_quantization", MappingProxyType(dict(self.base_quantization)))
 
     # -- identity ---------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
@@ -125,10 +139,43 @@ class Recipe:
             "adapter_dtype": self.adapter_dtype, "output": self.output, "rank": self.rank,
             "max_shard_size": self.max_shard_size, "allow_base_mismatch": self.allow_base_mismatch,
         }
+        ident.update(self._optional_identity())
         if self.subtracted is not None:
             ident["derived"] = {"strategy": "subtract", "from": self.subtracted.source.to_json(),
                                 "removed": self.subtracted.removed.to_json()}
         return ident
+
+    def side_file_positions(self) -> dict[str, int]:
+        """side-file group -> position of the adapter it comes from (the engine's form)."""
+        refs = [a.ref for a in self.adapters]
+        return {group: refs.index(ref) for group, ref in (self.side_files or {}).items()}
+
+    def _optional_identity(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.allow_noop:
+            out["allow_noop"] = True
+        if self.tokenizer_from is not None:
+            refs = [a.ref for a in self.adapters]
+            out["tokenizer_from"] = refs.index(self.tokenizer_from) if self.tokenizer_from in refs else "base"
+        if self.side_files:
+            # by position, not by reference: references are not identity
+            out["side_files"] = self.side_file_positions()
+        if self.base_quantization is not None:
+            out["base_quantization"] = dict(self.base_quantization)
+        return out
+
+    def optional_json(self) -> dict[str, Any]:
+        """The fields above as stored: only those that are set."""
+        out: dict[str, Any] = {}
+        if self.allow_noop:
+            out["allow_noop"] = True
+        if self.tokenizer_from is not None:
+            out["tokenizer_from"] = self.tokenizer_from
+        if self.side_files:
+            out["side_files"] = dict(self.side_files)
+        if self.base_quantization is not None:
+            out["base_quantization"] = dict(self.base_quantization)
+        return out
 
     def digest(self) -> str:
         from lorareg.store.digest import digest_json
@@ -138,8 +185,13 @@ class Recipe:
     # -- derived recipes ----------------------------------------------------------------------
     def without_adapter(self, index: int) -> "Recipe":
         """The same recipe without ``adapters[index]``, recorded with the libraries running now."""
+        removed = self.adapters[index].ref
+        # side files are chosen again from the adapters that remain (merging.with_side_files)
+        extra = ["bitsandbytes"] if self.base_quantization is not None else []
         return replace(self, adapters=tuple(a for i, a in enumerate(self.adapters) if i != index),
-                       subtracted=None, versions=library_versions(), lorareg_version=lorareg_version())
+                       subtracted=None, versions=library_versions(*extra), lorareg_version=lorareg_version(),
+                       tokenizer_from=None if self.tokenizer_from == removed else self.tokenizer_from,
+                       side_files=None)
 
     # -- storage ------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -150,7 +202,7 @@ class Recipe:
             "rank": self.rank, "max_shard_size": self.max_shard_size,
             "allow_base_mismatch": self.allow_base_mismatch,
             "subtracted": None if self.subtracted is None else self.subtracted.to_json(),
-            "lorareg_version": self.lorareg_version, "versions": dict(self.versions),
+            "lorareg_version": self.lorareg_version, "versions": dict(self.versions), **self.optional_json(),
         }
 
     @classmethod
@@ -165,6 +217,8 @@ class Recipe:
             adapter_dtype=data["adapter_dtype"], output=data["output"], rank=data.get("rank"),
             max_shard_size=int(data["max_shard_size"]), allow_base_mismatch=bool(data["allow_base_mismatch"]),
             subtracted=None if not sub else Subtraction(InputRef(**sub["source"]), AdapterRef(**sub["removed"])),
+            allow_noop=bool(data.get("allow_noop", False)), tokenizer_from=data.get("tokenizer_from"),
+            side_files=data.get("side_files") or None, base_quantization=data.get("base_quantization"),
             engine=data["engine"], lorareg_version=data.get("lorareg_version", ""),
             versions=data.get("versions") or {},
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from lorareg.errors import InvalidNameError, LoraregError
@@ -13,6 +14,11 @@ ALIAS_RE = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
 DEFAULT_ALIAS = "current"
 Kind = Literal["base", "adapter", "merge"]
 KINDS: tuple[str, ...] = ("base", "adapter", "merge")
+
+
+def a_kind(kind: str) -> str:
+    """``a base``, ``an adapter``, ``a merge``: for messages that name a kind."""
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
 
 
 @dataclass(frozen=True)
@@ -63,3 +69,19 @@ def default_name(folder_name: str) -> str:
     cleaned = re.sub(r"[^a-z0-9._-]+", "-", folder_name.lower()).strip("-._")
     cleaned = re.sub(r"\.{2,}", ".", cleaned)
     return check_name(cleaned or "model")
+
+
+# Folder names that say where a model was saved, not what it is: the name comes from the
+# folder above (``runs/chat/checkpoint-900`` -> ``chat``, ``llama-3/model`` -> ``llama-3``).
+GENERIC_FOLDER = re.compile(r"^(model|models|adapter|adapters|lora|output|outputs|out|final|final[-_]model|best|"
+                            r"best[-_]model|latest|merged|export|hf|checkpoint|checkpoint[-_]\d+|step[-_]?\d+|"
+                            r"snapshot|[0-9a-f]{40})$", re.IGNORECASE)
+
+
+def default_name_for_folder(folder: Path) -> str:
+    """A name for a folder added without ``--name``: its own, or that of the nearest folder
+    above it whose name is not generic (``model``, ``checkpoint-900``, a snapshot hash)."""
+    for part in [folder, *folder.parents]:
+        if part.name and not GENERIC_FOLDER.match(part.name) and part.name != "snapshots":
+            return default_name(part.name.split("--")[-1] if part.name.startswith("models--") else part.name)
+    return default_name(folder.name)

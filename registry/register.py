@@ -37,7 +37,8 @@ class NewVersion:
 
     name: str
     kind: str  # base | adapter | merge
-    digest: str
+    digest: str  # the whole model
+    weights_digest: str  # the tensor manifest alone
     content_digest: str
     files: Mapping[str, FileDigest]  # relative path -> hash; README.md comes from ``card`` when given
     folder: Path | None = None  # where the files are now
@@ -50,16 +51,23 @@ class NewVersion:
     event: Mapping[str, Any] = field(default_factory=dict)
     add_rows: Callable[[Session, m.Version], None] | None = None  # the kind's own rows
     card: Callable[[Session, int], str] | None = None  # README.md text for the version number
+    # The version that already holds this content, if any: checked inside the serialised
+    # transaction, so identical content registered concurrently ends as one version.
+    existing: Callable[[Session], m.Version | None] | None = None
 
 
 def register_version(ctx: Context, new: NewVersion, *, progress: Progress = None) -> VersionInfo:
     files = {k: v for k, v in new.files.items() if not (new.card and k == CARD)}
 
-    def write(session: Session) -> tuple[m.Version, dict[str, FileDigest]]:
+    def write(session: Session) -> tuple[m.Version, dict[str, FileDigest] | None]:
+        found = new.existing(session) if new.existing is not None else None
+        if found is not None:
+            return found, None
         _claim_name(session, new.name, new.kind)
         row = m.Version(name=new.name, version=_next_number(session, new.name), kind=new.kind, digest=new.digest,
-                        content_digest=new.content_digest, manifest_sha256=manifest_sha, stored=new.store,
-                        parent_id=new.parent_id, message=new.message, created_by=events.current_user())
+                        weights_digest=new.weights_digest, content_digest=new.content_digest,
+                        manifest_sha256=manifest_sha, stored=new.store, parent_id=new.parent_id,
+                        message=new.message, created_by=events.current_user())
         session.add(row)
         session.flush()  # UNIQUE(name, version): a racing writer with the same number fails here
         final = dict(files)
@@ -67,7 +75,9 @@ def register_version(ctx: Context, new: NewVersion, *, progress: Progress = None
             final[CARD] = _put_card(ctx, new.card(session, row.version), store=new.store)
         row.size_bytes = sum(f.size for f in final.values())
         for rel, f in final.items():
-            session.add(m.FileRow(version_id=row.id, path=rel, sha256=f.sha256, size=f.size))
+            st = _stat(new.folder, rel) if not new.store and new.folder is not None else None
+            session.add(m.FileRow(version_id=row.id, path=rel, sha256=f.sha256, size=f.size,
+                                  mtime_ns=st.st_mtime_ns if st else None, inode=st.st_ino if st else None))
         if new.add_rows is not None:
             new.add_rows(session, row)
         events.record(session, new.action, ref=lookup.ref_of(row), version_id=row.id, kind=new.kind,
@@ -78,7 +88,10 @@ def register_version(ctx: Context, new: NewVersion, *, progress: Progress = None
         if new.store and new.folder is not None:
             store_files(ctx, new.folder, files, move=new.move, progress=progress)
         manifest_sha = ctx.blobs.put_bytes(new.manifest).sha256 if new.manifest is not None else None
-        row, final = _with_retry(ctx, write)
+        row, final = _with_retry(ctx, new.name, write)
+    if final is None:  # another writer registered the same content first
+        with ctx.session() as session:
+            return version_info(session, ctx.home, session.get(m.Version, row.id), existed=True)
     if new.store:
         link_version(ctx, row.name, row.version, final)
     with ctx.session() as session:
@@ -119,14 +132,19 @@ def store_files(ctx: Context, folder: Path, files: Mapping[str, FileDigest], *, 
 def link_version(ctx: Context, name: str, version: int, files: Mapping[str, FileDigest]) -> Path:
     from lorareg.store.snapshot import link_snapshot
 
-    return link_snapshot(ctx.blobs, ctx.home.version_dir(name, version), {k: v.sha256 for k, v in files.items()})
+    return link_snapshot(ctx.blobs, ctx.home.version_dir(name, version), {k: v.sha256 for k, v in files.items()},
+                         scratch=ctx.scratch())
 
 
 def folder_of(ctx: Context, session: Session, row: m.Version) -> Path:
     """The folder ``from_pretrained`` loads for a version that has files; the link folder is
-    recreated from the rows when it is missing."""
+    recreated from the rows when it is missing.  A folder tracked by reference is confirmed to
+    hold the registered bytes first (``confirm_reference``): nothing reads an input that is not
+    what its version recorded."""
     if row.kind == "base" and not row.stored:
-        return Path(session.get(m.Base, row.id).source_path)
+        folder = Path(session.get(m.Base, row.id).source_path)
+        confirm_reference(session, row, folder)
+        return folder
     if not row.stored:
         raise LoraregError(f"{lookup.ref_of(row)} is kept as recipe only",
                            hint=f"give it its files back with: lorareg rebuild {lookup.ref_of(row)} --keep-files")
@@ -135,6 +153,32 @@ def folder_of(ctx: Context, session: Session, row: m.Version) -> Path:
         link_version(ctx, row.name, row.version,
                      {f.path: FileDigest(f.sha256, f.size) for f in lookup.file_rows(session, row)})
     return path
+
+
+def confirm_reference(session: Session, row: m.Version, folder: Path) -> None:
+    """Refuse a referenced folder whose files are not the registered bytes.  Fast path: a
+    file whose size, mtime and inode are those recorded when it was last hashed is taken as
+    unchanged; any other file is hashed again (and its stat recorded when it still matches)."""
+    from lorareg.store.digest import file_sha256
+
+    ref = lookup.ref_of(row)
+    hint = f"register the new content with: lorareg add base {folder} --reference --name {row.name}"
+    if row.digest_state == "reference-changed":
+        raise IntegrityError(f"{ref}'s folder {folder} had changed before this registry was upgraded", hint=hint)
+    for f in lookup.file_rows(session, row):
+        path = folder / f.path
+        try:
+            st = path.stat()
+        except OSError:
+            raise IntegrityError(f"{ref} is tracked by reference, and {path} is gone", hint=hint) from None
+        if st.st_size == f.size and st.st_mtime_ns == f.mtime_ns and st.st_ino == f.inode:
+            continue
+        if st.st_size != f.size or file_sha256(path) != f.sha256:
+            raise IntegrityError(f"{ref} is tracked by reference, and {path} changed since it was registered",
+                                 hint=hint)
+        f.mtime_ns, f.inode = st.st_mtime_ns, st.st_ino
+        session.add(f)
+    session.commit()
 
 
 def _put_card(ctx: Context, text: str, *, store: bool) -> FileDigest:
@@ -159,12 +203,21 @@ def _next_number(session: Session, name: str) -> int:
     return (latest or 0) + 1
 
 
-def _with_retry(ctx: Context, fn):
-    """Run ``fn`` in a transaction; a racing writer that took the same number (or created the
-    same name) makes the commit fail, and the whole transaction runs again."""
+def _stat(folder: Path, rel: str):
+    try:
+        return (Path(folder) / rel).stat()
+    except OSError:
+        return None
+
+
+def _with_retry(ctx: Context, name: str, fn):
+    """Run ``fn`` in a transaction serialised with the other writers of ``name``
+    (``db.writer_session``); should a constraint still fail, the whole transaction runs again."""
+    from lorareg.registry.db import writer_session
+
     last: Exception | None = None
     for _ in range(RETRIES):
-        with ctx.session() as session:
+        with writer_session(ctx.db, name) as session:
             try:
                 result = fn(session)
                 session.commit()

@@ -16,7 +16,8 @@ from lorareg.store.digest import FileDigest
 __all__ = [
     "AliasInfo", "DiffResult", "Edge", "EventInfo", "FileDigest", "GcResult", "Kind", "Lineage", "MetricPoint",
     "Node", "PushInfo", "RebuildResult", "RecipeChange", "RegistryLocation", "SearchHit", "TensorDiff", "Tracked",
-    "VerifyResult", "VersionInfo",
+    "VerifyResult", "VersionInfo", "QueryHit", "RemoveResult", "RenameResult", "VersionPage",
+    "CheckResult",
 ]
 
 def _jsonable(value: Any) -> Any:
@@ -57,10 +58,13 @@ class VersionInfo(_AsDict):
     created_at: datetime
     created_by: str
     message: str | None = None
+    weights_digest: str | None = None  # the tensors alone: "same weights, different config"
+    digest_state: str | None = None  # None, "pending" or "reference-changed" (registries upgraded by 0003)
     aliases: tuple[str, ...] = ()
     files: Mapping[str, FileDigest] = field(default_factory=dict)  # relative path -> hash
     details: Mapping[str, Any] = field(default_factory=dict)
     existed: bool = False  # add/merge found identical content already registered
+    removed_at: datetime | None = None  # ``lorareg rm``: row and lineage kept, bytes evicted
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,7 @@ class DiffResult(_AsDict):
     a: str
     b: str
     same_digest: bool
+    same_weights: bool  # same tensors (the weights digest), whatever the config or tokenizer
     recipe: tuple[RecipeChange, ...] = ()
     tensors: tuple[TensorDiff, ...] | None = None  # None: a side has no files to compare
 
@@ -140,6 +145,7 @@ class Node(_AsDict):
     digest: str
     source: str = ""  # a base's path or hf://repo@commit
     stored: bool = True
+    removed: bool = False  # ``lorareg rm`` removed it; kept for the lineage through it
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,7 @@ class Lineage(_AsDict):
     direction: Literal["up", "down"]
     nodes: tuple[Node, ...] = ()
     edges: tuple[Edge, ...] = ()
+    truncated: bool = False  # max_nodes was reached: more versions are linked than listed
 
 
 @dataclass(frozen=True)
@@ -184,6 +191,47 @@ class SearchHit(_AsDict):
 
 
 @dataclass(frozen=True)
+class VersionPage(_AsDict):
+    """One page of the versions a filter matches (``Registry.browse``); ``total`` counts them all."""
+
+    items: tuple[VersionInfo, ...]  # without their file lists
+    total: int
+    offset: int
+    limit: int
+    tags: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # ref -> tags, for the items
+    sort_values: Mapping[str, float | None] = field(default_factory=dict)  # ref -> the metric sorted by
+
+
+@dataclass(frozen=True)
+class RemoveResult(_AsDict):
+    """What ``rm`` did: the versions removed (rows kept as tombstones, bytes evicted)."""
+
+    removed: tuple[str, ...]
+    kept_for: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # ref -> what still refers to it (--force)
+    aliases_removed: tuple[str, ...] = ()  # name@alias that pointed at a removed version
+    blobs_removed: int = 0
+    bytes_freed: int = 0
+
+
+@dataclass(frozen=True)
+class RenameResult(_AsDict):
+    old: str
+    new: str
+    versions: int  # how many versions now carry the new name
+    recipes_updated: int  # recorded recipes whose references were rewritten to the new name
+
+
+@dataclass(frozen=True)
+class QueryHit(_AsDict):
+    """One version ``Registry.query`` matched, with the value of each metric or param that its
+    ``where`` and ``sort`` named (None: the version has none)."""
+
+    ref: str
+    info: VersionInfo
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class PushInfo(_AsDict):
     ref: str
     repo_id: str
@@ -197,3 +245,51 @@ class PushInfo(_AsDict):
     uploaded: tuple[str, ...] = ()
     reused: tuple[str, ...] = ()
     url: str = ""
+
+
+@dataclass(frozen=True)
+class CheckResult(_AsDict):
+    """One ``lorareg check``: a merged version against the float32 unmerged model its recipe
+    describes, and the rule's verdict.  ``rounding`` holds the same measures for the unmerged
+    model run in the merged dtype (float64 for float32 merges): how far rounding alone moves it."""
+
+    id: int
+    ref: str
+    passed: bool
+    reference: str  # "peft-unmerged" (base + adapters through PEFT) or "float64-deltas"
+    compared: str  # what ran as the merged side, in words
+    dtype: str
+    outputs: str  # "logits", or "last hidden state" for an encoder
+    max_abs_diff: float  # inf when the merged output was not finite
+    mean_abs_diff: float
+    tolerance: float  # factor x the rounding baseline's max_abs_diff
+    factor: float
+    top1_agreement: float | None  # None for an encoder
+    generation_agreement: float | None  # None without max_new_tokens
+    rounding: Mapping[str, Any]  # max_abs_diff, mean_abs_diff, top1_agreement, ... of the baseline
+    samples: int
+    seed: int | None  # drawn inputs; None with a prompts file
+    prompts_sha256: str | None
+    chat: bool
+    max_new_tokens: int | None
+    positions: int  # token positions compared
+    device: str
+    checked_at: datetime
+    checked_by: str
+    versions: Mapping[str, str] = field(default_factory=dict)  # libraries that ran it
+    failures: tuple[str, ...] = ()  # why it did not pass, one line each
+    adapter_error: float | None = None  # cat/svd outputs: max relative error of the combined deltas
+    top1_decisive: Mapping[str, Any] = field(default_factory=dict)  # positions rounding cannot flip, agreements
+
+    def to_dict(self) -> dict[str, Any]:
+        """As ``_AsDict``, with a non-finite number written as the string "inf" or "nan" (strict JSON)."""
+        import math
+
+        def finite(value: Any) -> Any:
+            if isinstance(value, float) and not math.isfinite(value):
+                return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+            if isinstance(value, dict):
+                return {k: finite(v) for k, v in value.items()}
+            return value
+
+        return finite(super().to_dict())

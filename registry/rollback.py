@@ -19,7 +19,7 @@ from lorareg.errors import LoraregError, MergeError, NotFoundError
 from lorareg.registry import lookup
 from lorareg.registry import models as m
 from lorareg.registry.context import Context
-from lorareg.registry.merging import make_version, register_merge
+from lorareg.registry.merging import make_version, register_merge, with_side_files
 from lorareg.registry.produce import Produced, produce
 from lorareg.registry.recipe import InputRef, Recipe, Subtraction
 from lorareg.registry.register import folder_of
@@ -49,17 +49,37 @@ def rollback_adapter(ctx: Context, *, ref: str, adapter: str, strategy: str, mes
         recipe = stored_recipe(session, row)
         index = _find_adapter(session, recipe, adapter)
     removed = recipe.adapters[index]
+    if len(recipe.adapters) == 1:  # what is left is the base itself: nothing new to register
+        raise MergeError(f"{lookup.ref_of(row)} has one adapter, {removed.ref}: without it what is left is the base "
+                         f"{recipe.base.ref}, which is already registered",
+                         hint=f"use {recipe.base.ref} itself, or move an alias back with: lorareg rollback "
+                              f"{row.name} --to N")
     remaining = recipe.without_adapter(index)
-    message = message or f"rollback: removed {removed.ref}"
+    note = f"rollback: removed {removed.ref}"  # a message from the user adds to it, never replaces it
+    message = f"{note}; {message}" if message else note
+    notes = _chain_warning(ctx, row)
     if strategy == "rebuild":
-        return make_version(ctx, remaining, name=row.name, keep="files", message=message, progress=progress,
-                            parent_id=row.id, action="rollback")
+        return make_version(ctx, with_side_files(ctx, remaining), name=row.name, keep="files", message=message,
+                            progress=progress, parent_id=row.id, action="rollback", notes=notes)
     return _subtract(ctx, row=row, recipe=recipe, remaining=remaining, index=index, message=message,
-                     progress=progress)
+                     progress=progress, notes=notes)
+
+
+def _chain_warning(ctx: Context, row: m.Version) -> list[str]:
+    """Adapters trained on the version rolled back do not apply to the new one (chains.py)."""
+    from lorareg.registry.chains import trained_on
+
+    with ctx.session() as session:
+        children = trained_on(session, row)
+    if not children:
+        return []
+    return [f"warning: {', '.join(children)} {'was' if len(children) == 1 else 'were'} trained on "
+            f"{lookup.ref_of(row)}; the new version has other weights, so merge "
+            f"{'it' if len(children) == 1 else 'them'} into {lookup.ref_of(row)}, or retrain on the new version"]
 
 
 def _subtract(ctx: Context, *, row: m.Version, recipe: Recipe, remaining: Recipe, index: int, message: str,
-              progress: Progress) -> VersionInfo:
+              progress: Progress, notes: list[str]) -> VersionInfo:
     from lorareg.merge.methods import get_method
 
     ref = lookup.ref_of(row)
@@ -75,13 +95,18 @@ def _subtract(ctx: Context, *, row: m.Version, recipe: Recipe, remaining: Recipe
         if ad.use_dora or json.loads(ad.summary_json).get("modules_to_save"):
             raise MergeError(f"{removed.ref} uses DoRA or modules_to_save, which subtraction cannot undo",
                              hint="use --strategy rebuild (needs the base)")
+    supplied = sorted(g.replace("_", " ") for g, ref in (recipe.side_files or {}).items() if ref == removed.ref)
+    if supplied:
+        raise MergeError(f"{removed.ref} supplied this merge's {', '.join(supplied)} files, "
+                         "which subtracting its weights cannot take back", hint="use --strategy rebuild (needs the base)")
     new_recipe = replace(remaining, subtracted=Subtraction(InputRef(ref, row.digest), removed))
     produced = produce(ctx, new_recipe, progress=progress)
     try:
         with ctx.session() as session:
             source = folder_of(ctx, session, row) if row.stored else None
         deviation = measure_deviation(ctx, remaining, produced, source=source)
-        produced = replace(produced, outcome={**produced.outcome, "subtract_deviation": deviation})
+        produced = replace(produced, outcome={**produced.outcome, "subtract_deviation": deviation,
+                                              "notes": [*produced.outcome.get("notes", []), *notes]})
         return register_merge(ctx, new_recipe, produced, name=row.name, keep="files", message=message,
                               parent_id=row.id, action="rollback")
     finally:

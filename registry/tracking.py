@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from typing import Any, Mapping
 
 from sqlmodel import Session, select
 
-from lorareg.errors import LoraregError
+from lorareg.errors import LoraregError, NotFoundError
 from lorareg.registry import lookup
 from lorareg.registry import models as m
 from lorareg.registry.context import Context
@@ -48,6 +49,21 @@ def set_tags(ctx: Context, *, ref: str, tags: Mapping[str, str]) -> None:
         session.commit()
 
 
+def untag(ctx: Context, *, ref: str, keys: Sequence[str]) -> None:
+    """Remove tags by key: all of them, or (when one is not set) none."""
+    with ctx.session() as session:
+        row = lookup.resolve(session, ref)
+        found = {t.key: t for t in session.exec(select(m.Tag).where(m.Tag.version_id == row.id))}
+        missing = [k for k in keys if k not in found]
+        if missing:
+            have = ", ".join(sorted(found)) or "none"
+            raise NotFoundError(f"{lookup.ref_of(row)} has no tag {missing[0]!r} (its tags: {have})",
+                                hint=f"see its tags with: lorareg show {lookup.ref_of(row)}")
+        for k in dict.fromkeys(keys):
+            session.delete(found[k])
+        session.commit()
+
+
 def _tracked(session: Session, row: m.Version) -> Tracked:
     params = {p.key: json.loads(p.value_json) for p in session.exec(select(m.Param).where(m.Param.version_id == row.id))}
     tags = {t.key: t.value for t in session.exec(select(m.Tag).where(m.Tag.version_id == row.id))}
@@ -64,7 +80,13 @@ def _tracked(session: Session, row: m.Version) -> Tracked:
 
 def tracked(ctx: Context, *, ref: str) -> Tracked:
     with ctx.session() as session:
-        return _tracked(session, lookup.resolve(session, ref))
+        return _tracked(session, lookup.resolve(session, ref, removed_ok=True))
+
+
+def metric_keys(ctx: Context) -> list[str]:
+    """Every metric key logged on any version, sorted (what a metric can be sorted by)."""
+    with ctx.session() as session:
+        return sorted(session.exec(select(m.Metric.key).distinct()).all())
 
 
 def search(ctx: Context, *, kind: str | None = None, tags: Mapping[str, str] | None = None,
@@ -72,7 +94,7 @@ def search(ctx: Context, *, kind: str | None = None, tags: Mapping[str, str] | N
            descending: bool = False) -> list[SearchHit]:
     """Versions whose tags and params match exactly, sorted by ``metric:KEY`` or ``param:KEY``."""
     with ctx.session() as session:
-        q = select(m.Version)
+        q = select(m.Version).where(m.Version.removed_at.is_(None))  # lorareg rm: nothing left to pick
         if kind:
             q = q.where(m.Version.kind == kind)
         out = []
@@ -117,6 +139,10 @@ def trainer_callback(ctx: Context, *, base: str, name: str, tags: Mapping[str, s
             info = add_adapter(ctx, path=folder, base=base, name=name, allow_pickle=False, progress=None)
             hp = {k: v for k, v in args.to_dict().items() if isinstance(v, (int, float, str, bool)) and v is not None}
             log_params(ctx, ref=info.ref, params={**hp, "global_step": state.global_step})
+            if (folder / "trainer_state.json").is_file():  # add_adapter logged its metrics already
+                self.registered.append(info)
+                set_tags(ctx, ref=info.ref, tags={"checkpoint": str(state.global_step), **(tags or {})})
+                return
             for entry in state.log_history:
                 step = entry.get("step")
                 nums = {k: v for k, v in entry.items() if k not in ("step", "epoch") and isinstance(v, (int, float))

@@ -20,7 +20,8 @@ def verify(ctx: Context, *, ref: str | None, all_versions: bool,
     if not ref and not all_versions:
         raise LoraregError("say what to verify", hint="lorareg verify NAME@VERSION, or lorareg verify --all")
     with ctx.session() as session:
-        rows = [lookup.resolve(session, ref)] if ref else session.exec(select(m.Version).order_by(m.Version.id)).all()
+        rows = [lookup.resolve(session, ref)] if ref else session.exec(  # removed versions have nothing to check
+            select(m.Version).where(m.Version.removed_at.is_(None)).order_by(m.Version.id)).all()
         bad = ctx.blobs.verify_all() if all_versions else None  # every blob hashed once
         results = [verify_version(ctx, session, r, progress=progress, hashed=None if bad is None else set(bad))
                    for r in rows]
@@ -39,7 +40,7 @@ def verify_version(ctx: Context, session: Session, row: m.Version, *, progress=N
     files = session.exec(select(m.FileRow).where(m.FileRow.version_id == row.id)).all()
     problems: list[str] = []
     if row.kind == "base" and not row.stored:
-        problems += _verify_reference(session.get(m.Base, row.id).source_path, files, row.digest, progress)
+        problems += _verify_reference(session.get(m.Base, row.id).source_path, files, row, progress)
     elif row.stored:
         for f in files:
             try:
@@ -56,7 +57,7 @@ def verify_version(ctx: Context, session: Session, row: m.Version, *, progress=N
     return VerifyResult(ref=ref, ok=not problems, checked_files=len(files), problems=tuple(problems))
 
 
-def _verify_reference(source: str, files, digest: str, progress) -> list[str]:
+def _verify_reference(source: str, files, row: m.Version, progress) -> list[str]:
     from lorareg.store.digest import checkpoint_digest
 
     folder = Path(source)
@@ -79,8 +80,11 @@ def _verify_reference(source: str, files, digest: str, progress) -> list[str]:
     for rel, sha in recorded.items():
         if cd.files.get(rel) is None or cd.files[rel].sha256 != sha:
             problems.append(f"{rel}: content changed since it was added")
-    if cd.digest != digest and not problems:
-        problems.append(f"tensor digest changed: {digest} -> {cd.digest}")
+    if row.digest_state == "reference-changed" and not problems:
+        problems.append("the folder had changed before this registry was upgraded to whole-model digests; "
+                        "register it again (lorareg add base PATH --reference)")
+    elif cd.digest != row.digest and not problems:
+        problems.append(f"digest changed: {row.digest} -> {cd.digest}")
     return problems
 
 

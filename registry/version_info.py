@@ -17,10 +17,11 @@ from lorareg.registry.results import FileDigest, VersionInfo
 
 def stored_recipe(session: Session, row: m.Version) -> Recipe:
     from lorareg.errors import LoraregError
+    from lorareg.registry.refs import a_kind
 
     mg = session.get(m.Merge, row.id)
     if mg is None:
-        raise LoraregError(f"{row.name}@{row.version} is a {row.kind}, not a merge", hint="list merges with: lorareg ls merges")
+        raise LoraregError(f"{row.name}@{row.version} is {a_kind(row.kind)}, not a merge", hint="list merges with: lorareg ls merges")
     return Recipe.from_json(json.loads(mg.recipe_json))
 
 
@@ -44,6 +45,12 @@ def details_of(session: Session, row: m.Version) -> dict[str, Any]:
     if pushes:
         out["hub_pushes"] = [{"repo_id": p.repo_id, "tag": p.tag, "branch": p.branch, "commit": p.commit_sha,
                               "endpoint": p.endpoint, "adapter_only": p.adapter_only} for p in pushes]
+    if row.kind == "merge":
+        from lorareg.registry.check import check_summaries
+
+        checks = check_summaries(session, row)
+        if checks:
+            out["checks"] = checks  # oldest first; ``ls`` marks a version whose latest one passed
     return out
 
 
@@ -84,5 +91,7 @@ def version_info(session: Session, home: Home, row: m.Version, *, with_files: bo
         ref=lookup.ref_of(row), kind=row.kind, name=row.name, version=row.version, digest=row.digest,
         path=Path(path) if path else None, size_bytes=row.size_bytes, stored=row.stored,
         created_at=row.created_at, created_by=row.created_by, message=row.message,
+        weights_digest=row.weights_digest, digest_state=row.digest_state,
         aliases=aliases_of(session, row), files=files, details=details_of(session, row), existed=existed,
+        removed_at=row.removed_at,
     )

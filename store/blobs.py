@@ -23,6 +23,9 @@ from typing import BinaryIO
 from lorareg.errors import IntegrityError, InvalidDigestError, LoraregError, NotFoundError
 from lorareg.store.atomic import INCOMPLETE_SUFFIX, fsync_dir
 from lorareg.store.digest import CHUNK_SIZE, file_sha256
+from lorareg.store.scratch import run_folder, sweep
+
+LEGACY_TEMP_AGE_S = 3600
 
 __all__ = ["BlobStore", "BlobWriter", "GcReport", "StoredBlob", "normalize_sha256"]
 
@@ -152,8 +155,8 @@ class BlobStore:
 
     # -- writing ----------------------------------------------------------------------
     def _temp_file(self) -> tuple[int, Path]:
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=self.tmp, suffix=INCOMPLETE_SUFFIX)
+        # In this process's run folder: a crashed writer's temp files are swept by the next run.
+        fd, name = tempfile.mkstemp(dir=run_folder(self.tmp), suffix=INCOMPLETE_SUFFIX)
         return fd, Path(name)
 
     def _existing(self, hexdigest: str, size: int) -> StoredBlob | None:
@@ -313,7 +316,7 @@ class BlobStore:
         return bad
 
     def gc(self, referenced: set[str], *, dry_run: bool = False) -> GcReport:
-        """Remove blobs not in ``referenced`` and temp files older than an hour."""
+        """Remove blobs not in ``referenced`` and the temp files of writers that are gone."""
         keep = {normalize_sha256(h) for h in referenced}
         removed: list[str] = []
         freed = 0
@@ -324,20 +327,25 @@ class BlobStore:
             freed += size
             if not dry_run:
                 self._unlink_blob(self.path_for(hexdigest))
-        temps = self._stale_temp_files(3600)
-        if not dry_run:
-            for path in temps:
-                path.unlink(missing_ok=True)
-        return GcReport(removed=tuple(removed), bytes_freed=freed, temp_files_removed=len(temps))
-
-    def clean_temp(self, max_age_s: float = 3600) -> int:
-        """Remove ``*.incomplete`` files left by crashed writers; returns how many."""
-        temps = self._stale_temp_files(max_age_s)
+        temps = self._stale_temp_files(LEGACY_TEMP_AGE_S)
+        if dry_run:
+            return GcReport(removed=tuple(removed), bytes_freed=freed, temp_files_removed=len(temps))
         for path in temps:
             path.unlink(missing_ok=True)
-        return len(temps)
+        swept = sweep(self.tmp)
+        return GcReport(removed=tuple(removed), bytes_freed=freed, temp_files_removed=len(temps) + swept)
+
+    def clean_temp(self) -> int:
+        """Remove what crashed writers left: their run folders (at once: their lock is free)
+        and loose ``*.incomplete`` files of older lorareg versions; returns how many."""
+        temps = self._stale_temp_files(LEGACY_TEMP_AGE_S)
+        for path in temps:
+            path.unlink(missing_ok=True)
+        return len(temps) + sweep(self.tmp)
 
     def _stale_temp_files(self, max_age_s: float) -> list[Path]:
+        """Loose temp files directly in tmp/: written by lorareg before run folders, whose
+        writer cannot be told alive or dead, so only old ones go."""
         if not self.tmp.is_dir():
             return []
         cutoff = time.time() - max_age_s

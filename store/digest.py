@@ -1,8 +1,10 @@
 """Content digests: files, tensors, checkpoints and canonical JSON.
 
-A checkpoint's digest hashes a manifest of its tensors (name, dtype, shape, sha256 of the
-raw bytes) rather than its files, so re-sharding the same weights keeps the digest.  Each
-file's own sha256 (the Hub's LFS oid) is recorded too, computed in the same read pass.
+A checkpoint's *weights digest* hashes a manifest of its tensors (name, dtype, shape, sha256
+of the raw bytes) rather than its files, so re-sharding the same weights keeps it.  Its
+*digest* names the whole model: the weights digest plus the files that define behaviour
+(``model_digest.py``).  Each file's own sha256 (the Hub's LFS oid) is recorded too, computed
+in the same read pass.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ class FileDigest:
 
 @dataclass(frozen=True)
 class CheckpointDigest:
-    digest: str  # "sha256:<hex>" of the tensor manifest
+    digest: str  # "sha256:<hex>" of the whole model: weights and defining files (model_digest.py)
+    weights_digest: str  # "sha256:<hex>" of the tensor manifest alone
     tensors: tuple[TensorEntry, ...]  # sorted by name
     files: dict[str, FileDigest]  # relative posix name -> digest, every regular file
 
@@ -242,17 +245,21 @@ def _check_indexes(folder: Path, files: Mapping[str, Path], headers: Mapping[str
                 )
 
 
-def checkpoint_digest(folder: Path, *, progress: Progress | None = None) -> CheckpointDigest:
-    """Digest of a checkpoint folder: tensor manifest over its top-level ``*.safetensors``
-    plus the sha256 and size of every regular file (recursive, dot-names skipped).
+def checkpoint_digest(folder: Path, *, progress: Progress | None = None, skip: Sequence[str] = (),
+                      extra: Mapping[str, Any] | None = None) -> CheckpointDigest:
+    """Digest of a checkpoint folder: tensor manifest over its top-level ``*.safetensors``,
+    the whole-model digest (``extra`` joins it), and the sha256 and size of every regular
+    file (recursive, dot-names and the relative names in ``skip`` left out).
 
     Only top-level shards go into the manifest, because that is what ``from_pretrained``
     loads; copies in subfolders (``original/``, ``checkpoint-500/``) are still in ``files``.
     """
+    from lorareg.store.model_digest import folder_identities, model_digest
+
     folder = Path(folder)
     if not folder.is_dir():
         raise NotFoundError(f"{folder}: no such folder", hint="check the path")
-    files = _list_files(folder)
+    files = {rel: path for rel, path in _list_files(folder).items() if rel not in set(skip)}
     shards = [rel for rel in files if "/" not in rel and rel.endswith(".safetensors")]
     if not shards:
         pickles = [rel for rel in files if is_pickle(rel)]
@@ -273,4 +280,6 @@ def checkpoint_digest(folder: Path, *, progress: Progress | None = None) -> Chec
             sha, size = file_sha256(path, progress=progress), path.stat().st_size
         digests[rel] = FileDigest(sha256=sha, size=size)
     entries = _merge_entries(per_file)
-    return CheckpointDigest(digest=manifest_digest(entries), tensors=tuple(entries), files=digests)
+    weights = manifest_digest(entries)
+    return CheckpointDigest(digest=model_digest(weights, folder_identities(folder, files), extra), weights_digest=weights,
+                            tensors=tuple(entries), files=digests)

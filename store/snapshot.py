@@ -61,7 +61,7 @@ def _remove_tree(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def link_snapshot(blobs: BlobStore, dest: Path, files: Mapping[str, str]) -> Path:
+def link_snapshot(blobs: BlobStore, dest: Path, files: Mapping[str, str], *, scratch: Path | None = None) -> Path:
     """Make ``dest`` a folder whose files (relative name -> blob hex) link into ``blobs``.
 
     Built beside ``dest`` and renamed into place, so readers see the old folder or the new
@@ -85,7 +85,9 @@ def link_snapshot(blobs: BlobStore, dest: Path, files: Mapping[str, str]) -> Pat
     if read_snapshot(dest) == wanted:
         return dest
 
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    # Built in ``scratch`` (a run folder on the same file system, swept when its writer dies)
+    # or, without one, beside ``dest``.
+    tmp = Path(tempfile.mkdtemp(dir=scratch or dest.parent, prefix=f".{dest.name}.tmp-"))
     try:
         os.chmod(tmp, 0o755)
         for name, target in sorted(wanted.items()):
@@ -93,7 +95,7 @@ def link_snapshot(blobs: BlobStore, dest: Path, files: Mapping[str, str]) -> Pat
             link.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(target, link)
         fsync_dir(tmp)
-        _swap_into_place(tmp, dest)
+        _swap_into_place(tmp, dest, scratch=scratch)
     except BaseException:
         _remove_tree(tmp)
         raise
@@ -101,7 +103,7 @@ def link_snapshot(blobs: BlobStore, dest: Path, files: Mapping[str, str]) -> Pat
     return dest
 
 
-def _swap_into_place(tmp: Path, dest: Path) -> None:
+def _swap_into_place(tmp: Path, dest: Path, *, scratch: Path | None = None) -> None:
     """Rename ``tmp`` to ``dest``; whatever was at ``dest`` ends up at ``tmp`` and is removed."""
     if not os.path.lexists(dest):
         try:
@@ -115,7 +117,7 @@ def _swap_into_place(tmp: Path, dest: Path) -> None:
         _remove_tree(tmp)
         return
     # No atomic exchange here (not Linux, or the file system lacks it): a brief gap.
-    aside = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
+    aside = Path(tempfile.mkdtemp(dir=scratch or dest.parent, prefix=f".{dest.name}.old-"))
     os.rename(dest, aside / "old")
     os.rename(tmp, dest)
     _remove_tree(aside)

@@ -14,11 +14,15 @@ if TYPE_CHECKING:
     from lorareg.registry.api import Registry
     from lorareg.registry.results import (AliasInfo, DiffResult, Edge, EventInfo, FileDigest, GcResult, Lineage,
                                           MetricPoint, Node, PushInfo, RebuildResult, RecipeChange, RegistryLocation,
-                                          SearchHit, TensorDiff, Tracked, VerifyResult, VersionInfo)
+                                          SearchHit, TensorDiff, Tracked, VerifyResult, VersionInfo,
+                                          VersionPage)
+    from lorareg.registry.results import QueryHit, RemoveResult, RenameResult
+    from lorareg.registry.results import CheckResult
 
 _RESULTS = ("AliasInfo", "DiffResult", "Edge", "EventInfo", "FileDigest", "GcResult", "Lineage", "MetricPoint", "Node",
             "PushInfo", "RebuildResult", "RecipeChange", "RegistryLocation", "SearchHit", "TensorDiff", "Tracked",
-            "VerifyResult", "VersionInfo")
+            "VerifyResult", "VersionInfo", "VersionPage", "QueryHit", "RemoveResult", "RenameResult",
+            "CheckResult")
 __all__ = ["LoraregError", "Registry", "__version__", *_RESULTS]
 
 

@@ -49,7 +49,7 @@ def test_add_adapter_and_show(llama, llama_lora):
 def test_ls_kinds(llama, llama_lora):
     run("add", "base", llama, "--name", "llama")
     run("add", "adapter", llama_lora, "--base", "llama", "--name", "chat")
-    assert [i["ref"] for i in js("ls")] == ["chat@1", "llama@1"]
+    assert [i["ref"] for i in js("ls")] == ["llama@1", "chat@1"]  # bases first (issue 14; was alphabetical by kind)
     assert [i["ref"] for i in js("ls", "bases")] == ["llama@1"]
     assert [i["ref"] for i in js("ls", "adapters")] == ["chat@1"]
     text = run("ls").output

@@ -36,7 +36,8 @@ def test_output_folder_is_a_standard_hf_model(llama_bf16, lora_a, tmp_path):
     for name, info in out.files.items():
         data = (out.path / name).read_bytes()
         assert (info.sha256, info.size) == (hashlib.sha256(data).hexdigest(), len(data))
-    assert out.digest == checkpoint_digest(out.path).digest  # the store's digest of the same folder
+    # the engine reports the tensor manifest: the store's weights digest of the same folder
+    assert out.digest == checkpoint_digest(out.path).weights_digest
     with safe_open(out.path / "model.safetensors", "pt") as f:
         assert f.metadata() == {"format": "pt", "lorareg_recipe": "sha256:" + "ab" * 32}
     assert config(out.path)["dtype"] == "bfloat16" and out.dtype == "bfloat16"

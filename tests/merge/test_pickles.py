@@ -66,7 +66,7 @@ def test_side_files_skip_every_pickle(tmp_path):
         (base / name).write_text("x")
     dest = tmp_path / "dest"
     dest.mkdir()
-    assert copy_side_files(base, dest) == ["generation_config.json", "tokenizer.json"]
+    assert copy_side_files(base, dest) == {"generation_config.json": "base", "tokenizer.json": "base"}
 
 
 def test_convert_pickle_writes_safetensors_next_to_the_other_files(tmp_path):

@@ -65,7 +65,7 @@ def test_registry_on_postgres(pg_url, tmp_path, llama, llama_lora):
         reg.add_adapter(path=llama_lora, base="llama", name="chat")
         reg.set_alias(name="llama", alias="prod", version=1)
         assert reg.get(ref="llama@prod").digest == base.digest
-        assert [v.ref for v in reg.ls()] == ["chat@1", "llama@1"]
+        assert [v.ref for v in reg.ls()] == ["llama@1", "chat@1"]  # bases first (issue 14)
         command.check(db.alembic_config(db.make_engine(pg_url)))  # models match the revisions on PostgreSQL too
         assert reg.location().database.startswith("postgresql")
 
@@ -115,3 +115,33 @@ def test_team_registry_shares_rows_and_blobs(pg_url, tmp_path, llama, llama_lora
         AutoModelForCausalLM.from_pretrained(folder)
         assert bob.verify(ref=merged.ref)[0].ok
         assert bob.rebuild(ref=merged.ref).ok
+
+
+def _run_all(cmds: list[list[str]], env: dict) -> list[tuple[int, str, str]]:
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for c in cmds]
+    outs = [p.communicate(timeout=300) for p in procs]
+    return [(p.returncode,) + o for p, o in zip(procs, outs)]
+
+
+def test_eight_writers_number_without_gaps_and_identical_content_is_one_version(pg_url, tmp_path, llama):
+    """Eight processes at once on PostgreSQL: different contents get 1..8 (before: one run in
+    three failed with `could not number the new version after 5 tries`); identical content
+    ends as one version, and every process prints its ref.  (`add base` as the writer: it
+    imports no torch, so the eight processes really do run at the same moment.)"""
+    import json
+    import sys
+
+    from tests.support.factories import make_llama
+
+    env = {**os.environ, "LORAREG_DATABASE_URL": pg_url, "LORAREG_HOME": str(tmp_path / "h")}
+    lorareg = [sys.executable, "-c", "from lorareg.cli.main import main; main()"]
+    folders = [make_llama(tmp_path / f"pg8-{i}", seed=400 + i, layers=1, hidden=16) for i in range(8)]
+    results = _run_all([lorareg + ["add", "base", str(f), "--name", "pg8", "--json"] for f in folders], env)
+    assert all(rc == 0 for rc, _, _ in results), [(o, e) for _, o, e in results]
+    assert sorted(json.loads(o)["version"] for _, o, _ in results) == list(range(1, 9))
+
+    same = [lorareg + ["add", "base", str(llama), "--name", "pg8-same", "--json"]] * 8
+    results = _run_all(same, env)
+    assert all(rc == 0 for rc, _, _ in results), [e for _, _, e in results]
+    assert {json.loads(o)["ref"] for _, o, _ in results} == {"pg8-same@1"}
+    assert sorted(json.loads(o)["existed"] for _, o, _ in results) == [False] + [True] * 7

@@ -83,10 +83,23 @@ def test_rollback_middle_adapter_equals_fresh_two_adapter_merge(three):
     assert three.rebuild(ref=sub.ref).ok  # a subtract version is rebuildable too
 
 
-def test_rollback_last_adapter_gives_base(three):
+def test_rollback_of_the_only_adapter_is_refused(three):
+    # What is left would be the base itself, already registered: refused, nothing registered
+    # (issue 14; it used to register a copy of the base summarised as "linear llama@1 +").
     one = three.merge(base="llama", adapters=["a"], name="solo")
-    back = three.rollback_adapter(ref=one.ref, adapter="a")
-    assert back.digest == three.get(ref="llama").digest
+    for strategy in ("rebuild", "subtract"):
+        with pytest.raises(LoraregError, match="only|one adapter") as exc:
+            three.rollback_adapter(ref=one.ref, adapter="a", strategy=strategy)
+        assert "llama@1" in str(exc.value) and "already registered" in str(exc.value)
+    assert [i.ref for i in three.ls(name="solo")] == ["solo@1"]
+
+
+def test_rollback_message_adds_to_the_automatic_note(three):
+    two = three.merge(base="llama", adapters=["a", "b"], name="noted")
+    rolled = three.rollback_adapter(ref=two.ref, adapter="b", message="b regressed")
+    assert rolled.message == "rollback: removed b@1; b regressed"
+    assert three.get(ref=rolled.ref).message == rolled.message
+    assert three.log(ref="noted")[0].action == "rollback"
 
 
 def test_subtract_refused_for_ties(three):
@@ -127,9 +140,9 @@ def test_corrupted_blob_is_reported_with_affected_versions(three):
 
 
 def test_lineage_json_three_generations(three):
-    g1 = three.merge(base="llama", adapters=["a", "b"], name="fam")
-    g2 = three.rollback_adapter(ref=g1.ref, adapter="b")
-    g3 = three.rollback_adapter(ref=g2.ref, adapter="a")
+    g1 = three.merge(base="llama", adapters=["a", "b", "c"], name="fam")
+    g2 = three.rollback_adapter(ref=g1.ref, adapter="c")
+    g3 = three.rollback_adapter(ref=g2.ref, adapter="b")
     r = CliRunner().invoke(cli, ["lineage", g3.ref, "--json"])
     assert r.exit_code == 0, r.output
     graph = json.loads(r.output)

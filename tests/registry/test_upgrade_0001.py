@@ -1,6 +1,8 @@
-"""A registry written before recipes had a schema (alembic 0001, lorareg at commit 4942657)
-opens with this lorareg and works unchanged: same versions, digests and recipe digests, every
-merge rebuilds, identical requests find the recorded merges, recipe-only versions come back.
+"""A registry written before recipes had a schema and before digests covered the whole model
+(alembic 0001, lorareg at commit 4942657) opens with this lorareg and works unchanged: same
+versions; each old digest is kept as the weights digest and the whole-model digest computed
+from the stored bytes; every merge rebuilds; identical requests find the recorded merges;
+recipe-only versions come back.
 
 The registry is data/registry-0001.tar.gz, made by data/make_registry_0001.py."""
 
@@ -32,14 +34,36 @@ def test_every_version_keeps_its_digests_and_files(legacy):
         assert set(infos) == set(expected)
         for ref, want in expected.items():
             info = infos[ref]
-            assert (info.digest, info.stored) == (want["digest"], want["stored"]), ref
+            assert (info.weights_digest, info.stored) == (want["digest"], want["stored"]), ref
             assert {path: f.sha256 for path, f in info.files.items()} == want["files"], ref
+            if info.stored:  # the whole-model digest, from the stored config and tokenizer files
+                assert info.digest_state is None and info.digest != want["digest"], ref
+                assert info.digest == reg.rebuild(ref=ref).rebuilt_digest if info.kind == "merge" else True
+            else:  # kept as recipe only: nothing to read, compared by weights when rebuilt
+                assert info.digest_state == "pending" and info.digest == want["digest"], ref
             if info.kind == "merge":
-                assert info.details["recipe"]["schema"] == 2
-                assert info.details["recipe_digest"] == want["recipe_digest"]
-                # the schema-2 identity gives the digest recorded under the old layout
-                assert Recipe.from_json(info.details["recipe"]).digest() == want["recipe_digest"], ref
+                recipe = info.details["recipe"]
+                assert recipe["schema"] == 2 and recipe["base"]["digest"] == infos["tiny@1"].digest
+                # inputs renamed by their new digests, so the recipe digest was recomputed
+                assert info.details["recipe_digest"] == Recipe.from_json(recipe).digest() != want["recipe_digest"]
         assert all(r.ok for r in reg.verify(all_versions=True))
+
+
+def test_the_schema_2_layout_alone_kept_recipe_digests(legacy):
+    """Revision 0002 changed the layout of recipes, not their identity: with the inputs' old
+    digests put back, each recipe gives the digest recorded under the old layout."""
+    home, expected = legacy
+    with Registry.open(home=home) as reg:
+        old = {ref: want["digest"] for ref, want in expected.items()}
+        for ref, want in expected.items():
+            if want["kind"] != "merge":
+                continue
+            recipe = dict(reg.get(ref=ref).details["recipe"])
+            recipe["base"] = {**recipe["base"], "digest": old[recipe["base"]["ref"]]}
+            recipe["adapters"] = [{**a, "digest": old[a["ref"]]} for a in recipe["adapters"]]
+            if recipe["subtracted"]:
+                recipe["subtracted"] = {k: {**v, "digest": old[v["ref"]]} for k, v in recipe["subtracted"].items()}
+            assert Recipe.from_json(recipe).digest() == want["recipe_digest"], ref
 
 
 def test_converted_recipes_keep_parameters_and_outcome(legacy):
@@ -87,10 +111,9 @@ def test_recipe_only_version_gets_its_files_back(legacy, tmp_path):
         reg.export(ref="recipe-only@1", dest=tmp_path / "out")
         assert (tmp_path / "out" / "model.safetensors").is_file()
         info = reg.materialize(ref="recipe-only@1")
-        assert info.stored and info.digest == expected["recipe-only@1"]["digest"]
-        # the shards rebuilt today are the bytes recorded then (their metadata names the recipe digest)
-        shards = {p: f.sha256 for p, f in info.files.items() if p.endswith(".safetensors")}
-        assert shards == {p: s for p, s in expected["recipe-only@1"]["files"].items() if p.endswith(".safetensors")}
+        assert info.stored and info.weights_digest == expected["recipe-only@1"]["digest"]
+        assert set(info.files) == set(expected["recipe-only@1"]["files"])
+        assert reg.verify(ref="recipe-only@1")[0].ok
 
 
 def test_rollback_aliases_and_tracking_carry_on(legacy):
@@ -99,7 +122,8 @@ def test_rollback_aliases_and_tracking_carry_on(legacy):
         rolled = reg.rollback_adapter(ref="assistant@2", adapter="math")
         assert rolled.ref == "assistant@5" and rolled.details["parent"] == "assistant@2"
         exact = reg.rollback_adapter(ref="assistant@1", adapter="code")  # same recipe as assistant@3
-        assert exact.digest == expected["assistant@3"]["digest"]
+        assert exact.digest == reg.get(ref="assistant@3").digest
+        assert exact.weights_digest == expected["assistant@3"]["digest"]
         assert reg.get(ref="assistant@prod").version == 1
         assert [a.version for a in reg.alias_history(name="assistant", alias="prod")] == [1]
         assert reg.tracked(ref="assistant@1").metrics == {"eval_loss": 1.5}

@@ -27,7 +27,8 @@ def store(tmp_path) -> BlobStore:
 
 
 def _temp_files(store: BlobStore) -> list[Path]:
-    return sorted(store.tmp.glob("*")) if store.tmp.is_dir() else []
+    """Temp files of every writer (each process writes in its own run folder under tmp/)."""
+    return sorted(store.tmp.rglob("*.incomplete")) if store.tmp.is_dir() else []
 
 
 def test_layout_and_read_only_blobs(store):
@@ -191,12 +192,37 @@ def test_killed_writer_leaves_only_a_temp_file_that_clean_temp_removes(store):
     temps = _temp_files(store)
     assert len(temps) == 1 and temps[0].name.endswith(".incomplete")
     assert list(store.iter_blobs()) == []
-    assert store.clean_temp() == 0  # fresh: maybe a live writer, kept
-    assert store.clean_temp(max_age_s=0) == 1
-    assert _temp_files(store) == []
+    assert store.clean_temp() == 1  # its writer is dead (its run folder's lock is free): no age needed
+    assert _temp_files(store) == [] and list(store.tmp.iterdir()) == []
 
 
-def test_gc_removes_stale_temp_files_only(store):
+def test_clean_temp_never_touches_a_live_writer(store):
+    code = textwrap.dedent(
+        f"""
+        import sys, time
+        from lorareg.store.blobs import BlobStore
+        store = BlobStore({str(store.root)!r})
+        with store.writer() as w:
+            w.write(b"y" * 1000)
+            w._file.flush()
+            print("writing", flush=True)
+            sys.stdin.readline()  # alive until told
+            w.write(b"z")
+        print(w.result.sha256, flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        assert store.clean_temp() == 0 and len(_temp_files(store)) == 1
+        assert store.gc(set()).temp_files_removed == 0 and len(_temp_files(store)) == 1
+        out, _ = proc.communicate("go\n", timeout=30)
+    finally:
+        proc.kill()
+    assert store.has(out.strip()) and _temp_files(store) == []
+
+
+def test_gc_removes_stale_loose_temp_files_of_older_versions_only(store):
     store.tmp.mkdir(parents=True)
     stale, fresh, other = (store.tmp / n for n in ("a.incomplete", "b.incomplete", "keep.txt"))
     for p in (stale, fresh, other):

@@ -14,6 +14,7 @@ from safetensors.numpy import save_file
 
 import lorareg.store.digest as digest_mod
 from lorareg.errors import CheckpointError, LoraregError, NotFoundError, PickleRefusedError
+from lorareg.store.model_digest import model_digest
 from lorareg.store.digest import (
     CheckpointDigest,
     FileDigest,
@@ -169,7 +170,10 @@ def test_checkpoint_files_skip_dot_names_and_follow_links(tmp_path):
     assert result.files["config.json"].sha256 == sha256_bytes(b'{"a": 1}')
     assert [e.name for e in result.tensors] == ["w"]
     assert sum(seen) == sum(f.size for f in result.files.values())
-    assert result.digest == manifest_digest(tensor_entries([ckpt / "model.safetensors"]))
+    assert result.weights_digest == manifest_digest(tensor_entries([ckpt / "model.safetensors"]))
+    # the whole model: the weights and the defining files at the top level (not sub/notes.txt)
+    assert result.digest == model_digest(result.weights_digest, {
+        "config.json": digest_json({"a": 1}), "tokenizer.json": "sha256:" + sha256_bytes(b"tokenizer bytes")})
 
 
 def test_broken_link_is_an_error(tmp_path):
