@@ -104,18 +104,39 @@ def merge(reg, base, adapters, name, method, seed, dtype, adapter_dtype, as_adap
 @click.command()
 @click.argument("ref", shell_complete=complete_ref())
 @click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--copy", "copy", is_flag=True,
+              help="Copy the bytes instead of linking the store's read-only blobs (a folder to edit in place), "
+                   "e.g. lorareg export assistant@3 ./assistant-v3 --copy")
 @json_option
 @with_registry
-def export(reg, ref, dest, as_json) -> None:
+def export(reg, ref, dest, copy, as_json) -> None:
     """Write REF's files to DEST as a standalone folder (rebuilt first if kept as recipe only).
+
+    On the store's file system this takes no time whatever the size: each file is a reflink
+    (copy on write) or a hard link to the store's read-only blob; on another file system, or
+    with --copy, the bytes are copied.
 
     \b
     Examples:
       lorareg export assistant@3 ./assistant-v3
+      lorareg export assistant@3 /mnt/other-disk/assistant-v3 --copy
       python -c "from transformers import AutoModelForCausalLM as M; M.from_pretrained('./assistant-v3')"
     """
-    with render.step_progress("rebuilding", starting="starting: reading the recipe and its inputs") as update:
-        info = reg.export(ref=ref, dest=dest, progress=update)
+    from contextlib import ExitStack
+
+    with ExitStack() as copying, ExitStack() as rebuilding:
+        update = rebuilding.enter_context(
+            render.step_progress("rebuilding", starting="starting: reading the recipe and its inputs"))
+        advance = None
+
+        def copied(n: int, total: int) -> None:
+            nonlocal advance
+            if advance is None:  # one live bar at a time: any rebuild is over when copying starts
+                rebuilding.close()
+                advance = copying.enter_context(render.progress("copying", total=total))
+            advance(n)
+
+        info = reg.export(ref=ref, dest=dest, copy=copy, progress=update, copy_progress=copied)
     render.print_json({"ref": info.ref, "digest": info.digest, "path": dest}) if as_json else click.echo(
         f"exported {info.ref} to {dest}")
 

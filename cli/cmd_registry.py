@@ -73,9 +73,9 @@ def _hub_or_path(path: str) -> bool:
 
 
 def _hashing_bar(path: str, *, copies: bool):
-    """A bar over the folder's bytes: hashed once, then (unless tracked by reference) copied."""
+    """A bar over the folder's bytes, read once: hashed and (unless tracked by reference) stored."""
     total = None if _hub_or_path(path) else folder_bytes(path)
-    return render.progress("hashing", total=total, phases=("hashing", "copying into the store") if copies else ())
+    return render.progress("hashing and storing" if copies else "hashing", total=total)
 
 
 @add.command("base")
@@ -177,6 +177,9 @@ def _value_text(v) -> str:
     return f"{v:.6g}" if isinstance(v, float) else describe.value_text("", v)
 
 
+LS_PAGE = 50  # versions on a terminal page
+
+
 @click.command("ls")
 @click.argument("kind", required=False, type=click.Choice(sorted(KIND_ARG)))
 @click.option("--name", shell_complete=complete_ref(), help="Only versions of this name.")
@@ -191,26 +194,38 @@ def _value_text(v) -> str:
 @click.option("--removed", is_flag=True,
               help="List removed versions too (those something was made from are always listed).")
 @click.option("--pushed", is_flag=True, help="Show where each version lives on the Hub.")
-@click.option("-n", "--limit", type=click.IntRange(min=1), help="At most this many versions.")
+@click.option("-n", "--limit", type=click.IntRange(min=1),
+              help=f"At most this many versions (on a terminal: {LS_PAGE} unless given).")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many versions first (the next page).")
 @json_option
 @utc_option
 @with_registry
 def ls(reg, kind: str | None, name: str | None, where: tuple[str, ...], tags: tuple[str, ...], sort: str | None,
-       desc: bool, removed: bool, pushed: bool, limit: int | None, as_json: bool) -> None:
-    """List registered versions: bases, then adapters, then merges.
+       desc: bool, removed: bool, pushed: bool, limit: int | None, offset: int, as_json: bool) -> None:
+    """List registered versions: on a terminal a page of the newest first; piped or with --json,
+    every version (bases, then adapters, then merges) unless --limit is given.
 
     On a terminal the table fits the window: refs are never cut; columns are dropped or
-    folded instead.  Piped, every column is printed as plain text.
+    folded instead, and a last line says how many more there are and how to see them.
+    Piped, every column is printed as plain text.
 
     \b
     Examples:
       lorareg ls
+      lorareg ls --offset 50                  # the next page
       lorareg ls merges --sort eval_loss
       lorareg ls --where "eval_loss<0.5" --tag stage=candidate --sort eval_loss
       lorareg --json ls adapters | jq -r '.[].ref'
+      lorareg ls --limit 100 --offset 200 | awk '{print $1}'
     """
-    hits = reg.query(kind=KIND_ARG.get(kind) if kind else None, name=name, where=where, tags=_tag_filters(tags),
-                     sort=sort, descending=desc, removed=removed, limit=limit)
+    paged = render.is_terminal() and not as_json  # what a person reads: a page, newest first
+    if paged and limit is None:
+        limit = LS_PAGE
+    if paged and not sort:
+        sort = "-created"
+    filters = dict(kind=KIND_ARG.get(kind) if kind else None, name=name, where=where, tags=_tag_filters(tags),
+                   removed=removed)
+    hits = reg.query(**filters, sort=sort, descending=desc, limit=limit, offset=offset)
     pushes: dict[str, list] = {}
     for p in reg.pushes() if pushed else ():
         pushes.setdefault(p.ref, []).append(p)
@@ -226,6 +241,9 @@ def ls(reg, kind: str | None, name: str | None, where: tuple[str, ...], tags: tu
         render.print_json(out)
         return
     if not hits:
+        if offset:
+            click.echo(f"no versions from offset {offset} on ({reg.count(**filters)} match)", err=True)
+            return
         _say_nothing_matched(reg, kind=kind, name=name, filtered=bool(where or tags))
         return
     # Every column as (Column, hit -> text); the values --where/--sort judged by sit after the summary.
@@ -238,6 +256,22 @@ def ls(reg, kind: str | None, name: str | None, where: tuple[str, ...], tags: tu
                         lambda h: " ".join(f"{p.repo_id}@{p.tag}" for p in pushes.get(h.ref, [])) or "-"))
     rows = [[text(h) for _, text in columns] for h in hits]
     render.table(None, [c for c, _ in columns], rows)
+    if paged and len(hits) == limit:
+        more = reg.count(**filters) - offset - len(hits)
+        if more > 0:
+            click.echo(f"{more} more: {_ls_again(kind, name, where, tags, sort, desc, removed, pushed, limit, offset)}")
+
+
+def _ls_again(kind, name, where, tags, sort, desc, removed, pushed, limit, offset) -> str:
+    """The ``lorareg ls`` that shows the next page: the same filters, the next offset."""
+    import shlex
+
+    words = ["lorareg", "ls"] + ([kind] if kind else []) + (["--name", name] if name else [])
+    words += [w for expr in where for w in ("--where", expr)] + [w for t in tags for w in ("--tag", t)]
+    words += (["--sort", sort] if sort and sort != "-created" else []) + (["--desc"] if desc else [])
+    words += (["--removed"] if removed else []) + (["--pushed"] if pushed else [])
+    words += (["--limit", str(limit)] if limit != LS_PAGE else []) + ["--offset", str(offset + limit)]
+    return shlex.join(words)
 
 
 def _say_nothing_matched(reg, *, kind: str | None, name: str | None, filtered: bool) -> None:

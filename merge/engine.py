@@ -179,9 +179,9 @@ class _Applier:
         what ``apply`` would add to it, to be added row block by row block with ``add_rows``."""
         return self._combined(name, ops, "lora", dtype)
 
-    def add_rows(self, w: torch.Tensor, delta: torch.Tensor, *, embedding: bool) -> bool:
+    def add_rows(self, w: torch.Tensor, delta: torch.Tensor, *, embedding: bool, changed: bool = False) -> bool:
         # elementwise, like apply_delta on the whole tensor: the same bits, block by block
-        return d.apply_delta(w, delta, embedding=embedding, scratch=self._scratch)
+        return d.apply_delta(w, delta, embedding=embedding, scratch=self._scratch, changed=changed)
 
 
 def _in_dtype(t: torch.Tensor, out: OutTensor, cast: bytearray | memoryview) -> torch.Tensor:
@@ -242,7 +242,7 @@ def _merge_rows(
         k += 1
         view = reader.read(src, slot.data, start=start * row_bytes, size=n * row_bytes)
         w = torch.frombuffer(view, dtype=dtype).view((n, *src.shape[1:]))
-        moved |= applier.add_rows(w, delta[start : start + n], embedding=embedding)
+        moved = applier.add_rows(w, delta[start : start + n], embedding=embedding, changed=moved)
         del w
         pipe.put(slot, view)
     pipe.end()
@@ -293,10 +293,14 @@ def merge(
     recipe_digest: str = "",
     model_card: str | None = None,
     progress: Progress | None = None,
+    write_weights: bool = True,
 ) -> MergeOutput:
     """Merge ``plan`` into a new folder ``out_dir`` (which must not exist yet).
 
     Written into a temp sibling and renamed at the end, so ``out_dir`` is complete or absent.
+    ``write_weights=False`` (a recipe-only version): the shards are hashed, not written, so
+    ``out_dir`` holds only the small files (config, index, side files); the digest and every
+    file's sha256 and size in ``files`` are those the written folder would have.
     """
     import torch
 
@@ -342,7 +346,7 @@ def merge(
     writer = pipe = None
     try:
         metadata = {"format": "pt", "lorareg_recipe": recipe_digest}
-        writer = ShardWriter(tmp, shards, metadata=metadata)
+        writer = ShardWriter(tmp, shards, metadata=metadata, write=write_weights)
         applier = _Applier(plan, adapters, method, params, notes)
         ops_of = {o.name: work.ops.get(o.name) for o, _ in sources}
         piecewise = {o.name for o, t in sources if o.name not in quantized and (
@@ -411,6 +415,7 @@ def merge(
         )
         (tmp / "README.md").write_text(card, encoding="utf-8")
         files = hash_files(tmp, writer.files)
+        files = dict(sorted({**writer.files, **files}.items()))  # shards not written are hashed all the same
         os.rename(tmp, out_dir)
         fsync_dir(out_dir.parent)
     except BaseException:

@@ -70,7 +70,8 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def apply_delta(
-    weight: torch.Tensor, delta: torch.Tensor, *, embedding: bool, scratch: Scratch | None = None
+    weight: torch.Tensor, delta: torch.Tensor, *, embedding: bool, scratch: Scratch | None = None,
+    changed: bool = False,
 ) -> bool:
     """Add a (combined) float32 delta to a base weight held in the output dtype, in place;
     returns whether any element's bits changed (a delta can round away entirely).
@@ -80,7 +81,9 @@ def apply_delta(
     blocks through reused buffers: a mixed-dtype ``+=`` allocates full-size float32
     temporaries.  Elementwise, ``round(float(w) + d)`` has the same bits either way, and
     ``torch.add(w, d, out=new)`` the same bits as ``w += d``: each block's new values are
-    computed next to the old ones, compared, then copied in.
+    computed next to the old ones, compared, then copied in.  Once one block has changed (or
+    the caller passes ``changed=True``: an earlier piece of the same tensor did), the rest are
+    added in place, without the comparison and its copy.
     """
     import torch
 
@@ -89,13 +92,15 @@ def apply_delta(
     if weight.dim() == 0 or weight.numel() == 0:
         before = weight.clone()
         weight += delta.to(low) if embedding else delta
-        return not same_bits(before, weight)
+        return changed or not same_bits(before, weight)
     rows = weight.shape[0]
     per_row = max(1, weight.numel() // rows)
     step = max(1, _BLOCK_ELEMENTS // per_row)
-    changed = False
     for start in range(0, rows, step):
         w, d = weight[start : start + step], delta[start : start + step]
+        if changed:  # already known: add straight into the weight, no copy kept to compare
+            _add_into(w, d, embedding=embedding, scratch=scratch)
+            continue
         new = scratch.get(low, d.numel(), slot=1).view(d.shape)
         if embedding and low != torch.float32:
             rounded = scratch.get(low, d.numel()).view(d.shape)
@@ -112,6 +117,25 @@ def apply_delta(
         changed = changed or not same_bits(new, w)
         w.copy_(new)
     return changed
+
+
+def _add_into(w: torch.Tensor, d: torch.Tensor, *, embedding: bool, scratch: Scratch) -> None:
+    """``apply_delta``'s block step without the comparison: the same ops, so the same bits
+    (a float32 sum rounded once into ``w`` is what ``new.copy_(total); w.copy_(new)`` gives)."""
+    import torch
+
+    low = w.dtype
+    if embedding and low != torch.float32:
+        rounded = scratch.get(low, d.numel()).view(d.shape)
+        rounded.copy_(d)
+        w.add_(rounded)
+    elif low == d.dtype:
+        w.add_(d)
+    else:
+        total = scratch.get(torch.float32, d.numel()).view(d.shape)
+        total.copy_(w)
+        total.add_(d)
+        w.copy_(total)
 
 
 def bias_delta(lora_bias: torch.Tensor, *, scaling: float) -> torch.Tensor:

@@ -101,8 +101,11 @@ class ShardWriter:
     A tensor is written whole (``write``) or piece by piece (``begin``, ``feed``..., ``end``).
     """
 
-    def __init__(self, folder: Path, shards: list[Shard], *, metadata: dict[str, str]) -> None:
+    def __init__(self, folder: Path, shards: list[Shard], *, metadata: dict[str, str], write: bool = True) -> None:
         self._folder = Path(folder)
+        # write=False: hash only (a recipe-only merge keeps the digests, not the bytes), so
+        # nothing is written or fsynced; the tensor and file sha256 are the same either way.
+        self._write = write
         self._shards = shards
         self._metadata = metadata
         self._order = [(si, t) for si, s in enumerate(shards) for t in s.tensors]
@@ -129,7 +132,7 @@ class ShardWriter:
     def _open(self, si: int) -> None:
         self._close()
         self._current = si
-        self._file = open(self._folder / self._shards[si].file, "wb")
+        self._file = open(self._folder / self._shards[si].file, "wb") if self._write else _NullFile()
         self._file_hash = hashlib.sha256()
         self._size = 0
         self._emit(_header(self._shards[si], self._metadata))
@@ -151,7 +154,8 @@ class ShardWriter:
             return
         self._file.flush()
         self.files[self._shards[self._current].file] = FileDigest(sha256=self._file_hash.hexdigest(), size=self._size)
-        self._syncs.append(self._sync_pool.submit(_sync_close, self._file))
+        if self._write:
+            self._syncs.append(self._sync_pool.submit(_sync_close, self._file))
         self._file = None
 
     def begin(self, name: str, nbytes: int) -> None:
@@ -225,6 +229,19 @@ class ShardWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class _NullFile:
+    """Where a hash-only writer's bytes go."""
+
+    def write(self, data: Any) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _sync_close(f: Any) -> None:

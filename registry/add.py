@@ -1,19 +1,22 @@
 """Registering bases and adapters (from a folder, or from the Hub).
 
-Everything is checked and hashed first; ``register.register_version`` then puts the bytes
-in the store, commits the rows and links the version folder."""
+Everything is checked first, then hashed in one read that also puts each file into the blob
+store (unless tracked by reference), under the writer lock; ``register.register_version``
+then commits the rows and links the version folder."""
 
 from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlmodel import Session
 
 from lorareg.errors import CheckpointError, LoraregError
-from lorareg.registry import events, lookup
+from lorareg.registry import events, locking, lookup
 from lorareg.registry import models as m
 from lorareg.registry.context import Context
 from lorareg.registry.inputs import check_adapter, check_base, describe_base
@@ -21,6 +24,9 @@ from lorareg.registry.refs import a_kind, check_name, default_name, default_name
 from lorareg.registry.register import NewVersion, folder_of, register_version
 from lorareg.registry.results import VersionInfo
 from lorareg.registry.version_info import version_info
+
+if TYPE_CHECKING:
+    from lorareg.store.blobs import BlobStore
 
 Progress = Callable[[int], None] | None
 
@@ -52,41 +58,60 @@ def _existing(ctx: Context, name: str, content: str) -> VersionInfo | None:
 
 def add_base(ctx: Context, *, path: Path, name: str | None, reference: bool, allow_pickle: bool,
              progress: Progress, hub: Mapping | None = None) -> VersionInfo:
-    from lorareg.store.digest import checkpoint_digest, manifest_text
-
     checked = check_base(Path(path), allow_pickle=allow_pickle, scratch=ctx.scratch())
     try:
         if reference and checked.converted_from_pickle:
             raise CheckpointError("a pickle checkpoint cannot be tracked by reference: it must be converted",
                                   hint="drop --reference to store a converted safetensors copy")
         name = _name_for(name, path, hub)
-        cd = checkpoint_digest(checked.folder, progress=progress, skip=checked.skipped)
-        summary = {**describe_base(checked.folder, cd.tensors), **_skipped(checked)}
-        source = "hub" if hub else ("reference" if reference else "store")
-        source_path = str(checked.folder) if reference else None
-        content = content_digest_of(cd.digest, {"source": source, "path": source_path})
-        existing = _existing(ctx, name, content)
-        if existing is not None:
-            return existing
-        hub = hub or {}
-
-        def add_rows(session: Session, row: m.Version) -> None:
-            session.add(m.Base(
-                version_id=row.id, source=source, source_path=source_path, hub_repo=hub.get("repo_id"),
-                hub_revision=hub.get("revision"), hub_commit=hub.get("commit_sha"),
-                architecture=summary["architecture"], dtype=summary["dtype"], param_count=summary["param_count"],
-                summary_json=events.dumps(summary)))
-
-        info = register_version(ctx, NewVersion(
-            name=name, kind="base", digest=cd.digest, weights_digest=cd.weights_digest, content_digest=content,
-            files=cd.files, folder=checked.folder, store=not reference, manifest=manifest_text(cd.tensors).encode(),
-            add_rows=add_rows, existing=_same_content(name, content),
-            event={"source": source, "path": str(Path(path)), "skipped": list(checked.skipped)}), progress=progress)
+        with _storing(ctx, not reference) as sink:  # one read: hashed and stored together
+            info = _add_base(ctx, checked, name=name, path=path, reference=reference, hub=hub, sink=sink,
+                             progress=progress)
         _record_training(ctx, info, checked)
         return info
     finally:
         if checked.converted_from_pickle:
             shutil.rmtree(checked.folder, ignore_errors=True)
+
+
+@contextmanager
+def _storing(ctx: Context, store: bool) -> Iterator[BlobStore | None]:
+    """The blob store to write while hashing, under the writer lock (held from the first blob
+    written to the commit of the rows: ``register_version`` runs inside it); None when
+    nothing is stored (``--reference``)."""
+    if not store:
+        yield None
+        return
+    with locking.writing(ctx.home.blobs):
+        yield ctx.blobs
+
+
+def _add_base(ctx: Context, checked, *, name: str, path: Path, reference: bool, hub: Mapping | None,
+              sink: BlobStore | None, progress: Progress) -> VersionInfo:
+    from lorareg.store.digest import checkpoint_digest, manifest_text
+
+    cd = checkpoint_digest(checked.folder, progress=progress, skip=checked.skipped, sink=sink)
+    summary = {**describe_base(checked.folder, cd.tensors), **_skipped(checked)}
+    source = "hub" if hub else ("reference" if reference else "store")
+    source_path = str(checked.folder) if reference else None
+    content = content_digest_of(cd.digest, {"source": source, "path": source_path})
+    existing = _existing(ctx, name, content)
+    if existing is not None:
+        return existing
+    hub = hub or {}
+
+    def add_rows(session: Session, row: m.Version) -> None:
+        session.add(m.Base(
+            version_id=row.id, source=source, source_path=source_path, hub_repo=hub.get("repo_id"),
+            hub_revision=hub.get("revision"), hub_commit=hub.get("commit_sha"),
+            architecture=summary["architecture"], dtype=summary["dtype"], param_count=summary["param_count"],
+            summary_json=events.dumps(summary)))
+
+    return register_version(ctx, NewVersion(
+        name=name, kind="base", digest=cd.digest, weights_digest=cd.weights_digest, content_digest=content,
+        files=cd.files, folder=checked.folder, store=not reference, in_store=sink is not None,
+        manifest=manifest_text(cd.tensors).encode(), add_rows=add_rows, existing=_same_content(name, content),
+        event={"source": source, "path": str(Path(path)), "skipped": list(checked.skipped)}), progress=progress)
 
 
 def add_adapter(ctx: Context, *, path: Path, base: str, name: str | None, allow_pickle: bool,
@@ -99,43 +124,45 @@ def add_adapter(ctx: Context, *, path: Path, base: str, name: str | None, allow_
         name = _name_for(name, path, hub)
         from contextlib import ExitStack
 
-        from lorareg.registry.chains import parent_folder, resolve_base
+        from lorareg.registry.chains import resolve_base
+        from lorareg.registry.produce import input_folder
 
         with ctx.session() as session:
             base_row = resolve_base(session, base)  # a base, or a merged model (an adapter chain)
         with ExitStack() as temporary:  # a merged model kept as recipe only is rebuilt to be checked
-            summary = check_adapter_fits(base=parent_folder(ctx, lookup.ref_of(base_row), temporary),
+            summary = check_adapter_fits(base=input_folder(ctx, lookup.ref_of(base_row), temporary),
                                          adapter=checked.folder)
         config_digest = digest_json(summary.normalized_config)
-        cd = checkpoint_digest(checked.folder, progress=progress, skip=checked.skipped,
-                               extra={"adapter_config": config_digest})
-        content = content_digest_of(cd.digest, {"base": base_row.digest})
-        existing = _existing(ctx, name, content)
-        if existing is not None:
-            return existing
-        details = {
-            "r": summary.r, "lora_alpha": summary.lora_alpha, "use_rslora": summary.use_rslora,
-            "use_dora": summary.use_dora, "target_modules": list(summary.target_modules),
-            "modules_to_save": list(summary.modules_to_save or ()), "lora_bias": summary.lora_bias,
-            "fan_in_fan_out": summary.fan_in_fan_out, "peft_type": summary.peft_type,
-            "base_model_name_or_path": summary.base_model_name_or_path,
-            "trainable_params": sum(math.prod(t.shape) for t in cd.tensors), **_skipped(checked),
-        }
-        hub = hub or {}
+        with _storing(ctx, True) as sink:  # one read: hashed and stored together
+            cd = checkpoint_digest(checked.folder, progress=progress, skip=checked.skipped,
+                                   extra={"adapter_config": config_digest}, sink=sink)
+            content = content_digest_of(cd.digest, {"base": base_row.digest})
+            existing = _existing(ctx, name, content)
+            if existing is not None:
+                return existing
+            details = {
+                "r": summary.r, "lora_alpha": summary.lora_alpha, "use_rslora": summary.use_rslora,
+                "use_dora": summary.use_dora, "target_modules": list(summary.target_modules),
+                "modules_to_save": list(summary.modules_to_save or ()), "lora_bias": summary.lora_bias,
+                "fan_in_fan_out": summary.fan_in_fan_out, "peft_type": summary.peft_type,
+                "base_model_name_or_path": summary.base_model_name_or_path,
+                "trainable_params": sum(math.prod(t.shape) for t in cd.tensors), **_skipped(checked),
+            }
+            hub = hub or {}
 
-        def add_rows(session: Session, row: m.Version) -> None:
-            session.add(m.Adapter(
-                version_id=row.id, base_version_id=base_row.id, config_digest=config_digest, r=summary.r,
-                lora_alpha=float(summary.lora_alpha), use_rslora=bool(summary.use_rslora),
-                use_dora=bool(summary.use_dora), hub_repo=hub.get("repo_id"), hub_commit=hub.get("commit_sha"),
-                summary_json=events.dumps(details)))
+            def add_rows(session: Session, row: m.Version) -> None:
+                session.add(m.Adapter(
+                    version_id=row.id, base_version_id=base_row.id, config_digest=config_digest, r=summary.r,
+                    lora_alpha=float(summary.lora_alpha), use_rslora=bool(summary.use_rslora),
+                    use_dora=bool(summary.use_dora), hub_repo=hub.get("repo_id"), hub_commit=hub.get("commit_sha"),
+                    summary_json=events.dumps(details)))
 
-        info = register_version(ctx, NewVersion(
-            name=name, kind="adapter", digest=cd.digest, weights_digest=cd.weights_digest, content_digest=content,
-            files=cd.files, folder=checked.folder, manifest=manifest_text(cd.tensors).encode(), add_rows=add_rows,
-            existing=_same_content(name, content),
-            event={"base": lookup.ref_of(base_row), "path": str(Path(path)), "skipped": list(checked.skipped)}),
-            progress=progress)
+            info = register_version(ctx, NewVersion(
+                name=name, kind="adapter", digest=cd.digest, weights_digest=cd.weights_digest,
+                content_digest=content, files=cd.files, folder=checked.folder, in_store=True,
+                manifest=manifest_text(cd.tensors).encode(), add_rows=add_rows, existing=_same_content(name, content),
+                event={"base": lookup.ref_of(base_row), "path": str(Path(path)), "skipped": list(checked.skipped)}),
+                progress=progress)
         _record_training(ctx, info, checked)
         return info
     finally:

@@ -118,11 +118,12 @@ class Registry:
 
         return ls(self._ctx, kind=kind, name=name, limit=limit, offset=offset)
 
-    def count(self, *, kind: Kind | None = None, name: str | None = None) -> int:
-        """How many versions ``ls`` with the same filters would list without a limit."""
+    def count(self, *, kind: Kind | None = None, name: str | None = None, where: Sequence[str] = (),
+              tags: Mapping[str, str | None] | None = None, removed: bool = False) -> int:
+        """How many versions ``ls`` (or ``query``) with the same filters would list without a limit."""
         from lorareg.registry.listing import count
 
-        return count(self._ctx, kind=kind, name=name)
+        return count(self._ctx, kind=kind, name=name, where=tuple(where), tags=tags, removed=removed)
 
     def browse(self, *, kind: Kind | None = None, name: str | None = None, contains: str | None = None,
                tags: Mapping[str, str | None] | None = None, alias: str | None = None, order_by: str | None = None,
@@ -246,12 +247,15 @@ class Registry:
                      allow_noop=allow_noop, tokenizer_from=tokenizer_from, base_quantization=base_quantization)
 
     def export(self, *, ref: str, dest: str | os.PathLike[str], copy: bool = False,
-               progress: StepProgress = None) -> VersionInfo:
+               progress: StepProgress = None, copy_progress: Callable[[int, int], None] | None = None
+               ) -> VersionInfo:
         """Write a version's files to ``dest`` as a standalone folder (rebuilt first if recipe only).
-        Files are reflinks or hard links to the read-only blobs where possible; ``copy`` forces copies."""
+        Files are reflinks or hard links to the read-only blobs where possible; ``copy`` forces copies.
+        ``copy_progress(n, total)`` is told each step of a real copy (bytes, of the version's total)."""
         from lorareg.registry.export import export
 
-        return export(self._ctx, ref=ref, dest=Path(dest), copy=copy, progress=progress)
+        return export(self._ctx, ref=ref, dest=Path(dest), copy=copy, progress=progress,
+                      copy_progress=copy_progress)
 
     def materialize(self, *, ref: str, progress: StepProgress = None) -> VersionInfo:
         """Give a recipe-only merge its files back (rebuilt, digest checked, stored)."""

@@ -2,24 +2,19 @@
 
 A merged version whose output is a model is a base like any other: adapters are registered
 against it (their shapes checked against its folder) and merged into it.  A parent kept as
-recipe only is rebuilt, and checked against its digest, before anything reads it; rebuilding
-it may rebuild its own parent first, down to the root base."""
+recipe only is rebuilt, and checked against its digest, before anything reads it
+(``produce.input_folder``); rebuilding it may rebuild its own parent first, down to the root base."""
 
 from __future__ import annotations
-
-from contextlib import ExitStack
-from pathlib import Path
 
 from sqlmodel import Session, select
 
 from lorareg.errors import LoraregError
 from lorareg.registry import lookup
 from lorareg.registry import models as m
-from lorareg.registry.context import Context
 from lorareg.registry.recipe import resolve_dtype
-from lorareg.registry.register import folder_of
 
-__all__ = ["base_dtype", "parent_folder", "resolve_base", "trained_on"]
+__all__ = ["base_dtype", "resolve_base", "trained_on"]
 
 
 def resolve_base(session: Session, ref: str) -> m.Version:
@@ -39,20 +34,6 @@ def base_dtype(session: Session, row: m.Version, requested: str = "auto") -> str
     if row.kind == "merge":
         return requested if requested != "auto" else session.get(m.Merge, row.id).dtype
     return resolve_dtype(requested, session.get(m.Base, row.id).dtype)
-
-
-def parent_folder(ctx: Context, ref: str, temporary: ExitStack) -> Path:
-    """The folder of a base or merged model; a merge kept as recipe only is rebuilt into a
-    scratch folder (digest checked), removed when ``temporary`` closes."""
-    with ctx.session() as session:
-        row = lookup.resolve(session, ref)
-        if row.stored or row.kind == "base":
-            return folder_of(ctx, session, row)
-    from lorareg.registry.produce import produce_version
-
-    _, rebuilt = produce_version(ctx, lookup.ref_of(row))
-    temporary.callback(rebuilt.discard)
-    return rebuilt.folder
 
 
 def trained_on(session: Session, row: m.Version) -> list[str]:

@@ -1,7 +1,7 @@
 """``check``: run a merged version against the unmerged model its recipe describes, record
 the result, and the gate that makes ``push`` and ``alias set`` require a passing one.
 
-The inputs come through the usual roads: a version's folder from ``register.folder_of``, a
+The inputs come through the usual road, ``produce.input_folder``: a version's folder, a
 version kept as recipe only rebuilt by ``produce.produce_version`` (digest-checked) into a
 scratch folder that is removed afterwards.  Everything is validated before any model loads,
 and a check that does not finish records nothing; one that finishes is recorded whether it
@@ -16,13 +16,13 @@ from pathlib import Path
 
 from sqlmodel import Session, select
 
-from lorareg.errors import IntegrityError, LoraregError
+from lorareg.errors import LoraregError
 from lorareg.registry import events, lookup, settings
 from lorareg.registry import models as m
 from lorareg.registry.context import Context
 from lorareg.registry.recipe import Recipe, library_versions, lorareg_version
 from lorareg.registry.refs import a_kind
-from lorareg.registry.register import folder_of
+from lorareg.registry.produce import input_folder
 from lorareg.registry.results import CheckResult
 from lorareg.registry.version_info import stored_recipe
 
@@ -46,22 +46,6 @@ def _validate(samples: int | None, max_new_tokens: int | None, device: str) -> N
         raise LoraregError(f"--device {device}: this machine has no CUDA device", hint="use --device cpu")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise LoraregError(f"--device {device}: MPS is not available here", hint="use --device cpu")
-
-
-def _folder(ctx: Context, stack: ExitStack, ref: str, digest: str | None = None,
-            progress: Progress = None) -> Path:
-    """The folder of a version: its stored files, or rebuilt (digest-checked) if kept as recipe only."""
-    from lorareg.registry.produce import produce_version
-
-    with ctx.session() as session:
-        row = lookup.resolve(session, ref)
-        if digest is not None and row.digest != digest:
-            raise IntegrityError(f"{ref} no longer has the digest the recipe recorded")
-        if row.stored or row.kind == "base":
-            return folder_of(ctx, session, row)
-    _, produced = produce_version(ctx, lookup.ref_of(row), progress=progress)
-    stack.callback(produced.discard)
-    return produced.folder
 
 
 def _recipe(ctx: Context, ref: str) -> tuple[m.Version, Recipe]:
@@ -93,9 +77,9 @@ def check(ctx: Context, *, ref: str, prompts: Path | None = None, chat: bool = F
     ref = lookup.ref_of(row)
     prompt_list, prompts_sha = read_prompts(prompts) if prompts is not None else (None, None)
     with ExitStack() as stack:
-        base = _folder(ctx, stack, recipe.base.ref, recipe.base.digest)
-        adapters = tuple((_folder(ctx, stack, a.ref, a.digest), float(a.weight)) for a in recipe.adapters)
-        candidate = _folder(ctx, stack, ref, progress=progress)
+        base = input_folder(ctx, recipe.base.ref, stack, digest=recipe.base.digest)
+        adapters = tuple((input_folder(ctx, a.ref, stack, digest=a.digest), float(a.weight)) for a in recipe.adapters)
+        candidate = input_folder(ctx, ref, stack, progress=progress)
         # the tokenizer the merged model ships with (an adapter output has none of its own here)
         text_side = candidate if recipe.output == "model" else base
         room = max_new_tokens or 0

@@ -34,7 +34,13 @@ def recent(session: Session, *, ref: str | None = None, limit: int = 50) -> list
     q = select(m.Event)
     if ref:
         name = ref.partition("@")[0]
-        q = q.where((m.Event.ref == name) | m.Event.ref.startswith(f"{name}@"))
+        if session.get_bind().dialect.name == "sqlite":
+            # A range, not LIKE 'name@%': SQLite's LIKE ignores case, so it cannot use
+            # ix_events_ref and scans every event.  In byte order (SQLite's), "A" follows "@".
+            prefix = (m.Event.ref >= f"{name}@") & (m.Event.ref < f"{name}A")
+        else:  # a locale's collation may not sort "@" before "A"; escaped: "_" in a name is no wildcard
+            prefix = m.Event.ref.startswith(f"{name}@", autoescape=True)
+        q = q.where((m.Event.ref == name) | prefix)
     rows = session.exec(q.order_by(m.Event.id.desc()).limit(limit)).all()
     return [EventInfo(id=e.id, time=e.time, user=e.user, action=e.action, ref=e.ref, args=json.loads(e.args_json))
             for e in rows]

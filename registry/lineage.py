@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
 from lorareg.errors import LoraregError
@@ -16,78 +17,126 @@ from lorareg.registry.results import DiffResult, Edge, Lineage, Node, RecipeChan
 from lorareg.registry.version_info import details_of
 
 
-def _node(session: Session, v: m.Version) -> Node:
+def _node(v: m.Version, base: m.Base | None) -> Node:
     source = ""
     if v.kind == "base":
-        b = session.get(m.Base, v.id)
-        source = f"hf://{b.hub_repo}@{b.hub_commit}" if b.hub_repo else (b.source_path or "store")
+        source = f"hf://{base.hub_repo}@{base.hub_commit}" if base.hub_repo else (base.source_path or "store")
     return Node(ref=lookup.ref_of(v), kind=v.kind, digest=v.digest, source=source, stored=v.stored,
                 removed=v.removed_at is not None)
 
 
-def _up_edges(session: Session, v: m.Version) -> list[tuple[Edge, m.Version]]:
+def _in(session: Session, q, column, ids) -> list:
+    """``q`` for every id in ``ids``, a bounded ``IN`` list at a time (see lookup.IN_LIST)."""
     out = []
-    if v.kind == "merge":
-        mg = session.get(m.Merge, v.id)
-        base = session.get(m.Version, mg.base_version_id)
-        out.append((Edge(lookup.ref_of(v), lookup.ref_of(base), "base"), base))
-        for inp in session.exec(select(m.MergeInput).where(m.MergeInput.merge_version_id == v.id)
-                                .order_by(m.MergeInput.position)).all():
-            ad = session.get(m.Version, inp.adapter_version_id)
-            out.append((Edge(lookup.ref_of(v), lookup.ref_of(ad), "adapter", inp.weight, inp.position), ad))
-    if v.kind == "adapter":
-        base = session.get(m.Version, session.get(m.Adapter, v.id).base_version_id)
-        out.append((Edge(lookup.ref_of(v), lookup.ref_of(base), "trained_on"), base))
-    if v.parent_id:
-        parent = session.get(m.Version, v.parent_id)
-        out.append((Edge(lookup.ref_of(v), lookup.ref_of(parent), "parent"), parent))
+    for chunk in lookup.chunks(sorted(set(ids))):
+        out += session.exec(q.where(column.in_(chunk))).all()
     return out
 
 
-def _down_edges(session: Session, v: m.Version, limit: int | None = None) -> list[tuple[Edge, m.Version]]:
-    """What was made from ``v``; ``limit`` caps the rows read per kind of edge (a base that
-    100,000 adapters were trained on must not load them all to draw 200)."""
-    def rows(q):
-        return session.exec(q if limit is None else q.limit(limit)).all()
+def _nodes(session: Session, rows: list[m.Version]) -> dict[int, Node]:
+    bases = {b.version_id: b for b in _in(session, select(m.Base), m.Base.version_id,
+                                           [v.id for v in rows if v.kind == "base"])}
+    return {v.id: _node(v, bases.get(v.id)) for v in rows}
 
-    out = []
-    for mg in rows(select(m.Merge).where(m.Merge.base_version_id == v.id).order_by(m.Merge.version_id)):
-        child = session.get(m.Version, mg.version_id)
-        out.append((Edge(lookup.ref_of(child), lookup.ref_of(v), "base"), child))
-    for inp in rows(select(m.MergeInput).where(m.MergeInput.adapter_version_id == v.id)
-                    .order_by(m.MergeInput.merge_version_id)):
-        child = session.get(m.Version, inp.merge_version_id)
-        out.append((Edge(lookup.ref_of(child), lookup.ref_of(v), "adapter", inp.weight, inp.position), child))
-    for ad in rows(select(m.Adapter).where(m.Adapter.base_version_id == v.id).order_by(m.Adapter.version_id)):
-        child = session.get(m.Version, ad.version_id)
-        out.append((Edge(lookup.ref_of(child), lookup.ref_of(v), "trained_on"), child))
-    for child in rows(select(m.Version).where(m.Version.parent_id == v.id).order_by(m.Version.id)):
-        out.append((Edge(lookup.ref_of(child), lookup.ref_of(v), "parent"), child))
+
+def _up_edges(session: Session, level: list[m.Version]) -> dict[int, list[tuple[Edge, m.Version]]]:
+    """What each version of ``level`` was made from: base, adapters (by position), the base an
+    adapter was trained on, the parent; one query per kind of edge for the whole level."""
+    merges = {g.version_id: g for g in _in(session, select(m.Merge), m.Merge.version_id,
+                                           [v.id for v in level if v.kind == "merge"])}
+    inputs: dict[int, list[m.MergeInput]] = {}
+    for inp in _in(session, select(m.MergeInput).order_by(m.MergeInput.position), m.MergeInput.merge_version_id,
+                   list(merges)):
+        inputs.setdefault(inp.merge_version_id, []).append(inp)
+    adapters = {a.version_id: a for a in _in(session, select(m.Adapter), m.Adapter.version_id,
+                                             [v.id for v in level if v.kind == "adapter"])}
+    wanted = {g.base_version_id for g in merges.values()} | {a.base_version_id for a in adapters.values()}
+    wanted |= {i.adapter_version_id for ins in inputs.values() for i in ins}
+    wanted |= {v.parent_id for v in level if v.parent_id}
+    rows = {r.id: r for r in _in(session, select(m.Version), m.Version.id, wanted)}
+    out: dict[int, list[tuple[Edge, m.Version]]] = {}
+    for v in level:
+        edges = out.setdefault(v.id, [])
+        ref = lookup.ref_of(v)
+        if v.kind == "merge":
+            base = rows[merges[v.id].base_version_id]
+            edges.append((Edge(ref, lookup.ref_of(base), "base"), base))
+            for inp in inputs.get(v.id, ()):
+                ad = rows[inp.adapter_version_id]
+                edges.append((Edge(ref, lookup.ref_of(ad), "adapter", inp.weight, inp.position), ad))
+        if v.kind == "adapter":
+            base = rows[adapters[v.id].base_version_id]
+            edges.append((Edge(ref, lookup.ref_of(base), "trained_on"), base))
+        if v.parent_id:
+            parent = rows[v.parent_id]
+            edges.append((Edge(ref, lookup.ref_of(parent), "parent"), parent))
+    return out
+
+
+def _down_edges(session: Session, level: list[m.Version], limit: int | None = None
+                ) -> dict[int, list[tuple[Edge, m.Version]]]:
+    """What was made from each version of ``level``: merges on it, merges of it, adapters trained
+    on it, versions whose parent it is, each joined to the child's row.  ``limit`` caps the rows
+    read per version and kind of edge (a base that 100,000 adapters were trained on must not load
+    them all to draw 200): then it is a query per version, a bounded number since at most
+    ``limit`` versions are expanded; without it, one query per kind of edge for the whole level."""
+    child = aliased(m.Version)
+    kinds = [  # (the link joined to the child's row, the column naming what it was made from, the edge)
+        (select(m.Merge, child).join(child, child.id == m.Merge.version_id).order_by(m.Merge.version_id),
+         m.Merge.base_version_id, "base"),
+        (select(m.MergeInput, child).join(child, child.id == m.MergeInput.merge_version_id)
+         .order_by(m.MergeInput.merge_version_id), m.MergeInput.adapter_version_id, "adapter"),
+        (select(m.Adapter, child).join(child, child.id == m.Adapter.version_id).order_by(m.Adapter.version_id),
+         m.Adapter.base_version_id, "trained_on"),
+        (select(child).order_by(child.id), child.parent_id, "parent"),  # the child is its own link
+    ]
+    found: dict[tuple[int, str], list] = {}
+    for q, column, what in kinds:
+        if limit is None:
+            pairs = _in(session, q, column, [v.id for v in level])
+        else:
+            pairs = [p for v in level for p in session.exec(q.where(column == v.id).limit(limit)).all()]
+        for pair in pairs:
+            link, row = (pair, pair) if what == "parent" else pair
+            found.setdefault((getattr(link, column.key), what), []).append((link, row))
+    out: dict[int, list[tuple[Edge, m.Version]]] = {}
+    for v in level:
+        edges = out.setdefault(v.id, [])
+        ref = lookup.ref_of(v)
+        for _, _, what in kinds:
+            for link, row in found.get((v.id, what), ()):
+                if what == "adapter":
+                    edges.append((Edge(lookup.ref_of(row), ref, "adapter", link.weight, link.position), row))
+                else:
+                    edges.append((Edge(lookup.ref_of(row), ref, what), row))
     return out
 
 
 def lineage(ctx: Context, *, ref: str, down: bool = False, max_nodes: int | None = None) -> Lineage:
-    """Breadth first from ``ref``; with ``max_nodes``, the nearest that many versions and the
-    edges between them (``truncated`` says more exist)."""
+    """Breadth first from ``ref``, a level at a time (a few queries per level, not per version);
+    with ``max_nodes``, the nearest that many versions and the edges between them (``truncated``
+    says more exist)."""
     with ctx.session() as session:
         root = lookup.resolve(session, ref, removed_ok=True)
-        nodes = {root.id: _node(session, root)}
+        order: dict[int, m.Version] = {root.id: root}  # the nodes, in the order they are reached
         edges: list[Edge] = []
-        todo, seen, truncated = [root], {root.id}, False
-        while todo:
-            v = todo.pop(0)
-            step = _down_edges(session, v, max_nodes) if down else _up_edges(session, v)
-            for edge, other in step:
-                if other.id not in seen:
-                    if max_nodes is not None and len(nodes) >= max_nodes:
-                        truncated = True
-                        continue
-                    seen.add(other.id)
-                    nodes[other.id] = _node(session, other)
-                    todo.append(other)
-                edges.append(edge)
-        return Lineage(root=lookup.ref_of(root), direction="down" if down else "up", nodes=tuple(nodes.values()),
-                       edges=tuple(edges), truncated=truncated)
+        level, truncated = [root], False
+        while level:
+            steps = _down_edges(session, level, max_nodes) if down else _up_edges(session, level)
+            following = []
+            for v in level:
+                for edge, other in steps[v.id]:
+                    if other.id not in order:
+                        if max_nodes is not None and len(order) >= max_nodes:
+                            truncated = True
+                            continue
+                        order[other.id] = other
+                        following.append(other)
+                    edges.append(edge)
+            level = following
+        nodes = _nodes(session, list(order.values()))
+        return Lineage(root=lookup.ref_of(root), direction="down" if down else "up",
+                       nodes=tuple(nodes[i] for i in order), edges=tuple(edges), truncated=truncated)
 
 
 def _layout(session: Session, row: m.Version) -> str:

@@ -21,7 +21,7 @@ from lorareg.registry import models as m
 from lorareg.registry.context import Context
 from lorareg.registry.refs import KINDS, check_alias, check_name
 from lorareg.registry.results import EventInfo, QueryHit, VersionInfo, VersionPage
-from lorareg.registry.version_info import version_info
+from lorareg.registry.version_info import version_info, version_infos
 
 def get(ctx: Context, *, ref: str) -> VersionInfo:
     with ctx.session() as session:
@@ -39,13 +39,20 @@ def ls(ctx: Context, *, kind: str | None = None, name: str | None = None, limit:
     with ctx.session() as session:
         rows = lookup.versions(session, kind=kind, name=check_name(name) if name else None, limit=limit,
                                offset=offset)
-        return [version_info(session, ctx.home, r, with_files=False) for r in rows]
+        return version_infos(session, ctx.home, rows)
 
 
-def count(ctx: Context, *, kind: str | None = None, name: str | None = None) -> int:
+def count(ctx: Context, *, kind: str | None = None, name: str | None = None, where: Sequence[str] = (),
+          tags: Mapping[str, str | None] | None = None, removed: bool = False) -> int:
+    """How many versions ``ls`` (``query``) with the same filters lists without a limit."""
     _check_kind(kind)
     with ctx.session() as session:
-        return lookup.count_versions(session, kind=kind, name=check_name(name) if name else None)
+        if not where and not tags:
+            return lookup.count_versions(session, kind=kind, name=check_name(name) if name else None,
+                                         removed=removed)
+        _, conditions = _judged(session, where)
+        return session.exec(_narrowed(select(func.count()).select_from(m.Version), conditions, kind=kind,
+                                      name=name, tags=tags, removed=removed)).one()
 
 
 def log(ctx: Context, *, ref: str | None = None, limit: int = 50) -> list[EventInfo]:
@@ -97,7 +104,7 @@ def browse(ctx: Context, *, kind: str | None = None, name: str | None = None, co
         tags_of: dict[int, dict[str, str]] = {}
         for t in tag_rows:
             tags_of.setdefault(t.version_id, {})[t.key] = t.value
-        items = tuple(version_info(session, ctx.home, r, with_files=False) for r, _ in pairs)
+        items = tuple(version_infos(session, ctx.home, [r for r, _ in pairs]))
     return VersionPage(items=items, total=total, offset=offset, limit=limit,
                        tags={lookup.ref_of(r): dict(sorted(tags_of.get(r.id, {}).items())) for r, _ in pairs},
                        sort_values={lookup.ref_of(r): v for r, v in pairs} if metric is not None else {})
@@ -190,31 +197,42 @@ def query(ctx: Context, *, kind: str | None = None, name: str | None = None, whe
     Filtering and sorting happen in the database; each hit carries the values it was judged by."""
     _check_kind(kind)
     with ctx.session() as session:
-        shown: dict[str, tuple[_Key, Any]] = {}
-        conditions = []
-        for text in where:
-            condition, key, expr = _condition(session, text)
-            conditions.append(condition)
-            shown.setdefault(key.label, (key, expr))
+        shown, conditions = _judged(session, where)
         order, sort_key = _order(session, sort, descending)
         if sort_key is not None:
             shown.setdefault(sort_key[0].label, sort_key)
         labels = list(shown)
-        q = lookup.listed(select(m.Version, *[expr for _, expr in shown.values()]), kind=kind,
-                          name=check_name(name) if name else None, removed=removed)
-        for condition in conditions:
-            q = q.where(condition)
-        for key, value in (tags or {}).items():
-            has = exists().where(m.Tag.version_id == m.Version.id, m.Tag.key == str(key))
-            q = q.where(has if value is None else has.where(m.Tag.value == str(value)))
+        q = _narrowed(select(m.Version, *[expr for _, expr in shown.values()]), conditions, kind=kind, name=name,
+                      tags=tags, removed=removed)
         q = q.order_by(*order, lookup.kind_order(), m.Version.name, m.Version.version).offset(offset)
-        hits = []
         found = session.exec(q if limit is None else q.limit(limit)).all()
-        for row, *values in (found if labels else [(r,) for r in found]):
-            decoded = {label: _decoded(shown[label][0], v) for label, v in zip(labels, values)}
-            hits.append(QueryHit(ref=lookup.ref_of(row), info=version_info(session, ctx.home, row, with_files=False),
-                                 values=decoded))
-        return hits
+        pairs = [(row, values) for row, *values in (found if labels else [(r,) for r in found])]
+        infos = version_infos(session, ctx.home, [row for row, _ in pairs])
+        return [QueryHit(ref=lookup.ref_of(row), info=info,
+                         values={label: _decoded(shown[label][0], v) for label, v in zip(labels, values)})
+                for (row, values), info in zip(pairs, infos)]
+
+
+def _judged(session: Session, where: Sequence[str]) -> tuple[dict[str, tuple[_Key, Any]], list]:
+    """The SQL conditions of ``where``, and the values they judge by, by label (shown with each hit)."""
+    shown: dict[str, tuple[_Key, Any]] = {}
+    conditions = []
+    for text in where:
+        condition, key, expr = _condition(session, text)
+        conditions.append(condition)
+        shown.setdefault(key.label, (key, expr))
+    return shown, conditions
+
+
+def _narrowed(q, conditions: list, *, kind, name, tags, removed):
+    """``q`` narrowed to what ``query`` lists: ``listed``, every condition, every tag."""
+    q = lookup.listed(q, kind=kind, name=check_name(name) if name else None, removed=removed)
+    for condition in conditions:
+        q = q.where(condition)
+    for key, value in (tags or {}).items():
+        has = exists().where(m.Tag.version_id == m.Version.id, m.Tag.key == str(key))
+        q = q.where(has if value is None else has.where(m.Tag.value == str(value)))
+    return q
 
 
 def _key(session: Session, text: str) -> _Key:

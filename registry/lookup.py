@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterator, Sequence
 
 from sqlalchemy import func
 from sqlmodel import Session, select
@@ -134,6 +135,18 @@ def count_versions(session: Session, *, kind: str | None = None, name: str | Non
                    removed: bool = False) -> int:
     return session.exec(listed(select(func.count()).select_from(m.Version), kind=kind, name=name,
                                   removed=removed)).one()
+
+
+# Ids per ``IN (...)`` list when rows are read for many versions at once: well under SQLite's
+# bound-parameter limit, so a page of versions costs one query per table, and even a full
+# listing of 100,000 a few hundred, never one (or several) per row.
+IN_LIST = 900
+
+
+def chunks(ids: Sequence[int]) -> Iterator[list[int]]:
+    ids = list(ids)
+    for i in range(0, len(ids), IN_LIST):
+        yield ids[i:i + IN_LIST]
 
 
 def file_rows(session: Session, row: m.Version) -> list[m.FileRow]:

@@ -144,7 +144,8 @@ def make_version(ctx: Context, recipe: Recipe, *, name: str, keep: str, message:
         found = lookup.with_recipe(session, name, recipe.digest())
         if found is not None and parent_id is None:
             return version_info(session, ctx.home, found, existed=True)
-    produced = produce(ctx, recipe, progress=progress)
+    # kept as recipe only: the shards are hashed, never written or fsynced
+    produced = produce(ctx, recipe, progress=progress, weights=keep == "files")
     if notes:
         produced = replace(produced, outcome={**produced.outcome,
                                               "notes": [*produced.outcome.get("notes", []), *notes]})

@@ -46,9 +46,9 @@ class Version(SQLModel, table=True):
     manifest_sha256: Optional[str] = Field(default=None, max_length=64)  # blob of the manifest
     size_bytes: int = Field(default=0, sa_type=BigInteger)
     stored: bool = True  # bytes live in the blob store (False: reference, or recipe only)
-    parent_id: Optional[int] = Field(default=None, foreign_key="versions.id")
+    parent_id: Optional[int] = Field(default=None, foreign_key="versions.id", index=True)
     message: Optional[str] = Field(default=None, sa_column=Column(Text))
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, index=True)  # ls on a terminal: newest first
     created_by: str = Field(default="", max_length=128)
     # ``lorareg rm``: the row stays (its number is never reused, lineage through it stays whole)
     # and its bytes are evicted; set when it was removed.
@@ -126,7 +126,7 @@ class Alias(SQLModel, table=True):
 
     name: str = Field(foreign_key="artifacts.name", primary_key=True, max_length=128)
     alias: str = Field(primary_key=True, max_length=64)
-    version_id: int = Field(foreign_key="versions.id")
+    version_id: int = Field(foreign_key="versions.id", index=True)
     updated_at: datetime = Field(default_factory=utcnow)
 
 
@@ -138,7 +138,7 @@ class Event(SQLModel, table=True):
     time: datetime = Field(default_factory=utcnow)
     user: str = Field(default="", max_length=128)
     action: str = Field(max_length=32)
-    ref: str = Field(default="", max_length=256)
+    ref: str = Field(default="", max_length=256, index=True)  # log NAME
     version_id: Optional[int] = Field(default=None, foreign_key="versions.id")
     args_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
 

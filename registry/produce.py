@@ -39,8 +39,11 @@ class Produced:
         shutil.rmtree(self.folder.parent, ignore_errors=True)
 
 
-def produce(ctx: Context, recipe: Recipe, *, recipe_digest: str | None = None, progress: Progress = None) -> Produced:
-    """Run ``recipe`` into a new scratch folder (the caller stores or discards it)."""
+def produce(ctx: Context, recipe: Recipe, *, recipe_digest: str | None = None, progress: Progress = None,
+            weights: bool = True) -> Produced:
+    """Run ``recipe`` into a new scratch folder (the caller stores or discards it).
+    ``weights=False`` (a version kept as recipe only): a merge's shards are hashed, not
+    written; the digests and ``files`` are the same, the folder holds only the small files."""
     work = Path(tempfile.mkdtemp(prefix="merge-", dir=ctx.scratch()))
     out = work / "out"
     try:
@@ -51,7 +54,7 @@ def produce(ctx: Context, recipe: Recipe, *, recipe_digest: str | None = None, p
             if not adapters:
                 return _base_copy(ctx, recipe, base, out)
             if recipe.output == "model":
-                return _merge(recipe, base, adapters, out, recipe_digest, progress)
+                return _merge(recipe, base, adapters, out, recipe_digest, progress, weights=weights)
             return _as_adapter(recipe, base, adapters, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -81,20 +84,29 @@ def same_output(row: m.Version, produced: Produced) -> bool:
     return produced.digest == row.digest
 
 
-def _inputs(ctx: Context, recipe: Recipe, temporary: ExitStack) -> tuple[Path, list[tuple[Path, float]]]:
-    """Folders of the recipe's inputs, found by reference and checked against its digests.
-    A merged base kept as recipe only (an adapter chain) is rebuilt first (chains.py)."""
+def input_folder(ctx: Context, ref: str, temporary: ExitStack, *, digest: str | None = None,
+                 progress: Progress = None) -> Path:
+    """The folder of a version something is about to read: its stored files (or its referenced
+    folder, confirmed unchanged), or -- a merge kept as recipe only, e.g. the parent of an
+    adapter chain or a subtraction's source -- rebuilt into scratch and checked against its
+    digest, removed when ``temporary`` closes.  ``digest`` is what the reader recorded: a
+    version that no longer has it is refused."""
     with ctx.session() as session:
-        base = lookup.resolve(session, recipe.base.ref)
-        if base.digest != recipe.base.digest:
-            raise LoraregError(f"{recipe.base.ref} no longer has the digest the recipe recorded",
-                               hint="run: lorareg verify --all")
-        base_folder = folder_of(ctx, session, base) if base.stored or base.kind == "base" else None
-        adapters = [(folder_of(ctx, session, lookup.resolve(session, a.ref)), a.weight) for a in recipe.adapters]
-    if base_folder is None:
-        from lorareg.registry.chains import parent_folder
+        row = lookup.resolve(session, ref)
+        if digest is not None and row.digest != digest:
+            raise IntegrityError(f"{ref} no longer has the digest the recipe recorded",
+                                 hint="run: lorareg verify --all")
+        if row.stored or row.kind == "base":
+            return folder_of(ctx, session, row)
+    _, rebuilt = produce_version(ctx, lookup.ref_of(row), progress=progress)
+    temporary.callback(rebuilt.discard)
+    return rebuilt.folder
 
-        base_folder = parent_folder(ctx, recipe.base.ref, temporary)
+
+def _inputs(ctx: Context, recipe: Recipe, temporary: ExitStack) -> tuple[Path, list[tuple[Path, float]]]:
+    """Folders of the recipe's inputs, found by reference and checked against its digests."""
+    base_folder = input_folder(ctx, recipe.base.ref, temporary, digest=recipe.base.digest)
+    adapters = [(input_folder(ctx, a.ref, temporary), a.weight) for a in recipe.adapters]
     if recipe.allow_base_mismatch:
         from lorareg.merge import check_adapter_fits
 
@@ -126,11 +138,11 @@ def _quantization(recipe: Recipe):
 
 
 def _merge(recipe: Recipe, base: Path, adapters: list[tuple[Path, float]], out: Path, recipe_digest: str | None,
-           progress: Progress) -> Produced:
+           progress: Progress, *, weights: bool = True) -> Produced:
     from lorareg.merge import merge
 
     res = merge(_plan(recipe, base, adapters), out, recipe_digest=recipe_digest or recipe.digest(),
-                progress=progress)
+                progress=progress, write_weights=weights)
     taken: dict[str, list[str]] = {}
     for group, ref in (recipe.side_files or {}).items():
         taken.setdefault(ref, []).append(group.replace("_", " "))
@@ -190,17 +202,8 @@ def _subtract(ctx: Context, recipe: Recipe, out: Path, recipe_digest: str | None
     from lorareg.merge import AdapterInput, MergePlan, merge
 
     sub = recipe.subtracted
-    with ctx.session() as session:
-        source = lookup.resolve(session, sub.source.ref, kind="merge")
-        if source.digest != sub.source.digest:
-            raise LoraregError(f"{sub.source.ref} no longer has the digest the recipe recorded",
-                               hint="run: lorareg verify --all")
-        adapter = folder_of(ctx, session, lookup.resolve(session, sub.removed.ref))
-        source_folder = folder_of(ctx, session, source) if source.stored else None
-    if source_folder is None:  # kept as recipe only: rebuilt (and checked) for this run
-        _, rebuilt = produce_version(ctx, sub.source.ref)
-        temporary_inputs.callback(rebuilt.discard)
-        source_folder = rebuilt.folder
+    source_folder = input_folder(ctx, sub.source.ref, temporary_inputs, digest=sub.source.digest)
+    adapter = input_folder(ctx, sub.removed.ref, temporary_inputs)
     plan = MergePlan(base=source_folder, adapters=(AdapterInput(adapter, -float(sub.removed.weight)),),
                      method="linear", seed=0, dtype=recipe.dtype, adapter_dtype=recipe.adapter_dtype,
                      max_shard_size=recipe.max_shard_size,

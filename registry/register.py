@@ -3,7 +3,9 @@
 Order matters for crash safety: the bytes enter the blob store first, then the rows that
 name them are committed in one transaction, and only then is the folder of links derived
 (it can be rebuilt from the rows at any time).  The writer lock is held from the first blob
-to the commit, so a ``gc`` cannot collect the blobs in between.  The version number is
+to the commit, so a ``gc`` cannot collect the blobs in between (``add`` stores its blobs while
+hashing, so it takes the lock before that pass; taking it again here is harmless: it is a
+shared ``flock`` on another open file, and gc's exclusive lock waits for both).  The version number is
 decided here, once, inside the transaction that inserts the row; the model card, which
 names it, is rendered in that same transaction."""
 
@@ -44,6 +46,9 @@ class NewVersion:
     folder: Path | None = None  # where the files are now
     store: bool = True  # put the files in the blob store (False: tracked by reference, or recipe only)
     move: bool = False  # ``folder`` is our own scratch output: move its files into the store
+    # ``files`` are already blobs: the digest pass stored them (``checkpoint_digest(sink=)``),
+    # under a writer lock its caller took before that pass and holds across this call.
+    in_store: bool = False
     manifest: bytes | None = None  # the tensor manifest, kept as a blob
     parent_id: int | None = None
     message: str | None = None
@@ -85,7 +90,7 @@ def register_version(ctx: Context, new: NewVersion, *, progress: Progress = None
         return row, final
 
     with locking.writing(ctx.home.blobs):
-        if new.store and new.folder is not None:
+        if new.store and new.folder is not None and not new.in_store:
             store_files(ctx, new.folder, files, move=new.move, progress=progress)
         manifest_sha = ctx.blobs.put_bytes(new.manifest).sha256 if new.manifest is not None else None
         row, final = _with_retry(ctx, new.name, write)

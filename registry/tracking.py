@@ -15,7 +15,7 @@ from lorareg.registry import lookup
 from lorareg.registry import models as m
 from lorareg.registry.context import Context
 from lorareg.registry.results import MetricPoint, SearchHit, Tracked, VersionInfo
-from lorareg.registry.version_info import version_info
+from lorareg.registry.version_info import version_infos
 
 
 def log_params(ctx: Context, *, ref: str, params: Mapping[str, Any]) -> None:
@@ -65,17 +65,33 @@ def untag(ctx: Context, *, ref: str, keys: Sequence[str]) -> None:
 
 
 def _tracked(session: Session, row: m.Version) -> Tracked:
-    params = {p.key: json.loads(p.value_json) for p in session.exec(select(m.Param).where(m.Param.version_id == row.id))}
-    tags = {t.key: t.value for t in session.exec(select(m.Tag).where(m.Tag.version_id == row.id))}
-    points = session.exec(select(m.Metric).where(m.Metric.version_id == row.id).order_by(m.Metric.id)).all()
-    latest: dict[str, tuple[int, float]] = {}
-    for pt in points:
-        order = pt.step if pt.step is not None else -1
-        if pt.key not in latest or order >= latest[pt.key][0]:
-            latest[pt.key] = (order, pt.value)
-    return Tracked(ref=lookup.ref_of(row), params=params, tags=tags,
-                   metrics={k: v for k, (_, v) in latest.items()},
-                   history=tuple(MetricPoint(p.key, p.value, p.step, p.time) for p in points))
+    return _tracked_many(session, [row])[row.id]
+
+
+def _tracked_many(session: Session, rows: list[m.Version]) -> dict[int, Tracked]:
+    """Each row's params, tags and metrics: one query per table (per ``lookup.IN_LIST`` rows), not per row."""
+    params: dict[int, dict[str, Any]] = {}
+    tags: dict[int, dict[str, str]] = {}
+    points: dict[int, list[m.Metric]] = {}
+    for chunk in lookup.chunks([r.id for r in rows]):
+        for p in session.exec(select(m.Param).where(m.Param.version_id.in_(chunk))):
+            params.setdefault(p.version_id, {})[p.key] = json.loads(p.value_json)
+        for t in session.exec(select(m.Tag).where(m.Tag.version_id.in_(chunk))):
+            tags.setdefault(t.version_id, {})[t.key] = t.value
+        for pt in session.exec(select(m.Metric).where(m.Metric.version_id.in_(chunk)).order_by(m.Metric.id)):
+            points.setdefault(pt.version_id, []).append(pt)
+    out = {}
+    for row in rows:
+        mine = points.get(row.id, [])
+        latest: dict[str, tuple[int, float]] = {}
+        for pt in mine:
+            order = pt.step if pt.step is not None else -1
+            if pt.key not in latest or order >= latest[pt.key][0]:
+                latest[pt.key] = (order, pt.value)
+        out[row.id] = Tracked(ref=lookup.ref_of(row), params=params.get(row.id, {}), tags=tags.get(row.id, {}),
+                              metrics={k: v for k, (_, v) in latest.items()},
+                              history=tuple(MetricPoint(p.key, p.value, p.step, p.time) for p in mine))
+    return out
 
 
 def tracked(ctx: Context, *, ref: str) -> Tracked:
@@ -97,15 +113,13 @@ def search(ctx: Context, *, kind: str | None = None, tags: Mapping[str, str] | N
         q = select(m.Version).where(m.Version.removed_at.is_(None))  # lorareg rm: nothing left to pick
         if kind:
             q = q.where(m.Version.kind == kind)
-        out = []
-        for row in session.exec(q.order_by(m.Version.id)).all():
-            t = _tracked(session, row)
-            if any(t.tags.get(k) != str(v) for k, v in (tags or {}).items()):
-                continue
-            if any(t.params.get(k) != v for k, v in (params or {}).items()):
-                continue
-            out.append(SearchHit(ref=lookup.ref_of(row), info=version_info(session, ctx.home, row, with_files=False),
-                                 tracked=t))
+        rows = session.exec(q.order_by(m.Version.id)).all()
+        tracked_of = _tracked_many(session, rows)
+        kept = [r for r in rows
+                if not any(tracked_of[r.id].tags.get(k) != str(v) for k, v in (tags or {}).items())
+                and not any(tracked_of[r.id].params.get(k) != v for k, v in (params or {}).items())]
+        out = [SearchHit(ref=lookup.ref_of(r), info=info, tracked=tracked_of[r.id])
+               for r, info in zip(kept, version_infos(session, ctx.home, kept))]
     if order_by:
         source, _, key = order_by.partition(":")
         if source not in ("metric", "param") or not key:

@@ -67,7 +67,15 @@ class BlobWriter:
         self._result: StoredBlob | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        self.hash_part(data)
+        return self.write_part(data)
+
+    # ``write`` in two halves, so a caller can hash one chunk in another thread while this one
+    # writes it (``checkpoint_digest(sink=)``): each half must see the chunks in the same order.
+    def hash_part(self, data: bytes | bytearray | memoryview) -> None:
         self._hash.update(data)
+
+    def write_part(self, data: bytes | bytearray | memoryview) -> int:
         written = self._file.write(data)
         self.size += memoryview(data).nbytes
         return written

@@ -108,25 +108,30 @@ def manifest_digest(entries: Iterable[TensorEntry]) -> str:
 
 
 def _hash_safetensors(
-    header: SafetensorsHeader, *, whole_file: bool, progress: Progress | None
+    header: SafetensorsHeader, *, whole_file: bool, progress: Progress | None, out: Any = None
 ) -> tuple[str | None, int, list[TensorEntry]]:
     """One sequential read of the file, feeding the file hash and the current tensor's hash.
+    With ``out`` (a blob writer, which hashes what it writes) each chunk goes to ``out``
+    instead of a file hash: the file is stored and hashed in that same read.  The file hash
+    is ``out.hash_part`` in the second thread, the write ``out.write_part`` in this one, so
+    the two threads carry about equal work (a tensor hash + the write, the file hash).
 
     Returns (file sha256 or None, bytes read, tensor entries in file order).
     """
     ordered = header.in_file_order()  # read_header guarantees no overlaps
     hashers = [hashlib.sha256() for _ in ordered]
-    file_hash = hashlib.sha256() if whole_file else None
+    file_hash = hashlib.sha256() if whole_file and out is None else None
+    whole = file_hash.update if file_hash is not None else (out.hash_part if out is not None else None)
     base = header.data_offset
     stop_at = None if whole_file else base + max((t.end for t in ordered), default=0)
     pos = 0 if whole_file else base
     first_open = 0  # index of the first tensor not fully hashed yet
-    # The file hash runs in a second thread (hashlib releases the GIL) on the previous
-    # chunk while this thread reads and tensor-hashes the next one: digesting costs about
-    # one hash pass of wall time instead of two.  Two buffers, so neither is overwritten
-    # while the other thread still reads it.
-    buffers = [bytearray(CHUNK_SIZE) for _ in range(2 if file_hash is not None else 1)]
-    pool = ThreadPoolExecutor(max_workers=1) if file_hash is not None else None
+    # The file hash runs in a second thread (hashlib releases the GIL) on the previous chunk
+    # while this thread reads and tensor-hashes the next one: digesting costs about one hash
+    # pass of wall time instead of two.  Two buffers, so neither is overwritten while the
+    # other thread still reads it.
+    buffers = [bytearray(CHUNK_SIZE) for _ in range(2 if whole is not None else 1)]
+    pool = ThreadPoolExecutor(max_workers=1) if whole is not None else None
     pending: Future[None] | None = None
     try:
         with open(header.path, "rb", buffering=0) as f:
@@ -156,7 +161,9 @@ def _hash_safetensors(
                 if pool is not None:
                     if pending is not None:
                         pending.result()
-                    pending = pool.submit(file_hash.update, chunk)  # type: ignore[union-attr]
+                    pending = pool.submit(whole, chunk)  # type: ignore[arg-type]
+                    if out is not None:
+                        out.write_part(chunk)  # reads the buffer the other thread hashes: both only read
                 pos = end
                 if progress is not None:
                     progress(n)
@@ -246,10 +253,15 @@ def _check_indexes(folder: Path, files: Mapping[str, Path], headers: Mapping[str
 
 
 def checkpoint_digest(folder: Path, *, progress: Progress | None = None, skip: Sequence[str] = (),
-                      extra: Mapping[str, Any] | None = None) -> CheckpointDigest:
+                      extra: Mapping[str, Any] | None = None, sink: Any = None) -> CheckpointDigest:
     """Digest of a checkpoint folder: tensor manifest over its top-level ``*.safetensors``,
     the whole-model digest (``extra`` joins it), and the sha256 and size of every regular
     file (recursive, dot-names and the relative names in ``skip`` left out).
+
+    ``sink`` (a ``BlobStore``: its ``writer()`` yields a ``BlobWriter``) stores every
+    file as a blob in the same read that hashes it, so each byte is read once; each file's
+    sha256 is then its blob's name.  The caller holds the registry's writer lock: the blobs
+    are not referenced by any row yet.
 
     Only top-level shards go into the manifest, because that is what ``from_pretrained``
     loads; copies in subfolders (``original/``, ``checkpoint-500/``) are still in ``files``.
@@ -272,6 +284,9 @@ def checkpoint_digest(folder: Path, *, progress: Progress | None = None, skip: S
     digests: dict[str, FileDigest] = {}
     per_file: dict[Path, list[TensorEntry]] = {}
     for rel, path in files.items():
+        if sink is not None:
+            digests[rel] = _store_file(sink, path, headers.get(rel), per_file, progress)
+            continue
         if rel in headers:
             sha, size, entries = _hash_safetensors(headers[rel], whole_file=True, progress=progress)
             assert sha is not None
@@ -283,3 +298,19 @@ def checkpoint_digest(folder: Path, *, progress: Progress | None = None, skip: S
     weights = manifest_digest(entries)
     return CheckpointDigest(digest=model_digest(weights, folder_identities(folder, files), extra), weights_digest=weights,
                             tensors=tuple(entries), files=digests)
+
+
+def _store_file(sink: Any, path: Path, header: SafetensorsHeader | None,
+                per_file: dict[Path, list[TensorEntry]], progress: Progress | None) -> FileDigest:
+    """Hash ``path`` (its tensors too, for a shard) while writing it to a blob of ``sink``.
+    A failure inside the ``with`` (a file that shrank, a vanished file) removes the temp file."""
+    with sink.writer() as w:
+        if header is not None:
+            per_file[path] = _hash_safetensors(header, whole_file=True, progress=progress, out=w)[2]
+        else:
+            try:
+                with open(path, "rb", buffering=0) as f:
+                    w.copy_from(f, progress=progress)
+            except FileNotFoundError:
+                raise NotFoundError(f"{path}: no such file", hint="check the path") from None
+    return FileDigest(sha256=w.result.sha256, size=w.result.size)

@@ -104,13 +104,13 @@ def test_filtering_happens_in_sql(runs, monkeypatch):
     from lorareg.registry import listing
 
     counted = []
-    real = listing.version_info
+    real = listing.version_infos
 
-    def no_info(session, home, row, **kw):  # count rows turned into results: only the matches
-        counted.append(row.name)
-        return real(session, home, row, **kw)
+    def no_info(session, home, rows, **kw):  # count rows turned into results: only the matches
+        counted.extend(row.name for row in rows)
+        return real(session, home, rows, **kw)
 
-    monkeypatch.setattr(listing, "version_info", no_info)
+    monkeypatch.setattr(listing, "version_infos", no_info)
     hits = runs.query(where=["eval_loss<0.5"], tags={"stage": "candidate"}, sort="eval_loss")
     assert [h.ref for h in hits] == ["c@1", "b@1"] and counted == ["c", "b"]
     selects = []
@@ -118,7 +118,7 @@ def test_filtering_happens_in_sql(runs, monkeypatch):
     listener = lambda *a: selects.append(a[2])  # noqa: E731
     event.listen(engine, "before_cursor_execute", listener)
     try:
-        monkeypatch.setattr(listing, "version_info", lambda session, home, row, **kw: None)
+        monkeypatch.setattr(listing, "version_infos", lambda session, home, rows, **kw: [None] * len(rows))
         runs.query(where=["eval_loss<0.5"], tags={"stage": "candidate"}, sort="eval_loss")
     finally:
         event.remove(engine, "before_cursor_execute", listener)

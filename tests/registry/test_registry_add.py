@@ -163,3 +163,77 @@ def test_version_folders_load_with_peft(reg, llama, llama_lora):
     from_store = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base.path), ad.path)
     original = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(llama), llama_lora)
     assert torch.equal(from_store(ids).logits, original(ids).logits)
+
+
+def test_add_base_reads_each_byte_once_and_stores_it_in_that_read(reg, llama, monkeypatch):
+    """The digest pass stores the blobs; nothing reads the folder a second time to copy it."""
+    from lorareg.store.blobs import BlobStore
+
+    def no_second_pass(*_a, **_k):
+        raise AssertionError("put_file read the folder again")
+
+    monkeypatch.setattr(BlobStore, "put_file", no_second_pass)
+    reads: list[int] = []
+    info = reg.add_base(path=llama, name="llama", progress=reads.append)
+    on_disk = sum(p.stat().st_size for p in llama.rglob("*") if p.is_file() and not p.name.startswith("."))
+    assert sum(reads) == on_disk
+    for rel in info.files:  # the version folder's links reach blobs holding the folder's bytes
+        assert (info.path / rel).read_bytes() == (llama / rel).read_bytes()
+    assert reg.verify(ref=info.ref)[0].ok
+
+
+def test_writer_lock_is_held_from_the_first_blob_to_the_commit(reg, llama, llama_lora, monkeypatch):
+    """gc's exclusive lock cannot be taken while the digest pass writes blobs that no row
+    names yet; and the writer lock taken again by register_version does not deadlock with a
+    gc that is waiting meanwhile."""
+    import fcntl
+    import threading
+    import time
+
+    import lorareg.store.digest as digest_mod
+    from lorareg.registry import locking
+
+    lock_file = reg.location().blobs / ".lock"
+    real = digest_mod._store_file
+    blocked: list[bool] = []
+    waiting: list[threading.Thread] = []
+    collected = threading.Event()
+
+    def gc_waits():
+        with locking.collecting(reg.location().blobs):
+            collected.set()
+
+    def checking(*args, **kwargs):
+        with open(lock_file, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                blocked.append(False)
+                fcntl.flock(f, fcntl.LOCK_UN)
+            except BlockingIOError:
+                blocked.append(True)
+        if not waiting:  # a gc starts and waits for the writer
+            waiting.append(threading.Thread(target=gc_waits, daemon=True))
+            waiting[0].start()
+            time.sleep(0.3)
+            early.append(collected.is_set())
+        return real(*args, **kwargs)
+
+    early: list[bool] = []
+    monkeypatch.setattr(digest_mod, "_store_file", checking)
+    adding = threading.Thread(target=lambda: reg.add_base(path=llama, name="llama"), daemon=True)
+    adding.start()
+    adding.join(timeout=120)
+    assert not adding.is_alive(), "add deadlocked against a waiting gc"
+    assert early == [False] and reg.get(ref="llama").ref == "llama@1"
+    waiting[0].join(timeout=30)
+    assert collected.is_set()  # the gc ran once the add had committed
+    reg.add_adapter(path=llama_lora, base="llama", name="chat")
+    assert blocked and all(blocked)
+
+
+def test_reference_base_stores_no_file(reg, llama, tmp_path):
+    folder = tmp_path / "ref-llama"
+    shutil.copytree(llama, folder)
+    info = reg.add_base(path=folder, name="refllama", reference=True)
+    blobs = reg.location().blobs
+    assert not any((blobs / "sha256" / f.sha256[:2] / f.sha256[2:]).exists() for f in info.files.values())

@@ -269,3 +269,60 @@ def test_store_imports_no_heavy_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _checkpoint_with_extras(tmp_path: Path) -> Path:
+    folder = tmp_path / "ckpt"
+    (folder / "sub").mkdir(parents=True)
+    arrays = _arrays()
+    names = sorted(arrays)
+    save_file({n: arrays[n] for n in names[:3]}, str(folder / "model-00001-of-00002.safetensors"))
+    save_file({n: arrays[n] for n in names[3:]}, str(folder / "model-00002-of-00002.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (folder / "sub" / "notes.txt").write_bytes(b"x" * 1000)
+    return folder
+
+
+@pytest.mark.parametrize("chunk", [7, 4096, 8 * 1024 * 1024])
+def test_digest_with_a_sink_stores_every_file_in_the_same_read(tmp_path, monkeypatch, chunk):
+    from lorareg.store import blobs as blobs_mod
+    from lorareg.store.blobs import BlobStore
+
+    monkeypatch.setattr(digest_mod, "CHUNK_SIZE", chunk)  # chunks that cut through tensors
+    monkeypatch.setattr(blobs_mod, "CHUNK_SIZE", chunk)
+    folder = _checkpoint_with_extras(tmp_path)
+    plain = checkpoint_digest(folder)
+    reads: list[int] = []
+    store = BlobStore(tmp_path / "blobs")
+    stored = checkpoint_digest(folder, sink=store, progress=reads.append)
+    assert stored == plain  # same digests, manifest and file hashes as without a sink
+    on_disk = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert sum(reads) == on_disk  # every byte read once, not once to hash and once to store
+    for rel, f in plain.files.items():
+        blob = store.path_for(f.sha256)
+        assert blob.read_bytes() == (folder / rel).read_bytes() and f.size == blob.stat().st_size
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == f.sha256  # named by its bytes
+        assert not blob.stat().st_mode & 0o222  # read-only like every blob
+    assert not list(store.tmp.rglob("*.incomplete"))  # temp files renamed, none left behind
+
+
+def test_a_shard_that_shrinks_while_stored_leaves_no_blob_and_no_temp_file(tmp_path, monkeypatch):
+    from lorareg.store.blobs import BlobStore
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    save_file(_arrays(), str(folder / "model.safetensors"))
+    real = digest_mod.read_header
+
+    def read_then_truncate(path):
+        header = real(path)
+        with open(path, "r+b") as f:  # the file shrinks after its header was checked
+            f.truncate(header.data_offset + 8)
+        return header
+
+    monkeypatch.setattr(digest_mod, "read_header", read_then_truncate)
+    store = BlobStore(tmp_path / "blobs")
+    with pytest.raises(CheckpointError, match="truncated"):
+        checkpoint_digest(folder, sink=store)
+    assert list(store.iter_blobs()) == []
+    assert not [p for p in store.tmp.rglob("*") if p.is_file() and not p.name.startswith(".")]
