@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 from sqlmodel import Session
 
-from lorareg.errors import CheckpointError, LoraregError
+from lorareg.errors import CheckpointError
 from lorareg.registry import events, locking, lookup
 from lorareg.registry import models as m
 from lorareg.registry.context import Context
 from lorareg.registry.inputs import check_adapter, check_base, describe_base
-from lorareg.registry.refs import a_kind, check_name, default_name, default_name_for_folder
-from lorareg.registry.register import NewVersion, folder_of, register_version
+from lorareg.registry.refs import check_name, default_name, default_name_for_folder
+from lorareg.registry.register import NewVersion, register_version
 from lorareg.registry.results import VersionInfo
 from lorareg.registry.version_info import version_info
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorareg.errors import IntegrityError, LoraregError, MergeError
+from lorareg.errors import IntegrityError, MergeError
 from lorareg.registry import lookup
 from lorareg.registry import models as m
 from lorareg.registry.context import Context

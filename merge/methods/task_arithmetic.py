@@ -50,7 +50,6 @@ def _top_k_mask(magnitudes: Tensor, k: int) -> Tensor:
     """
     import torch
 
-    n = magnitudes.numel()
     if k <= 0:
         return torch.zeros_like(magnitudes, dtype=torch.bool)
     threshold = _kth_largest(magnitudes, k)
