@@ -42,9 +42,9 @@ def cli(ctx: click.Context, home: str | None, database_url: str | None, blobs: s
 
 
 def _register() -> None:
-    from lorareg.cli import cmd_hub, cmd_merge, cmd_registry, cmd_remove, cmd_tracking
+    from lorareg.cli import cmd_alias, cmd_hub, cmd_merge, cmd_registry, cmd_remove, cmd_show, cmd_tracking
 
-    for module in (cmd_registry, cmd_merge, cmd_hub, cmd_tracking, cmd_remove):
+    for module in (cmd_registry, cmd_show, cmd_alias, cmd_merge, cmd_hub, cmd_tracking, cmd_remove):
         for command in module.COMMANDS:
             cli.add_command(command)
     from lorareg.cli import cmd_check  # check, config
