@@ -8,16 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from click.testing import CliRunner
 
 from lorareg.cli.main import cli
-
-
-def run(*args, ok=True):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
+from tests.support.cli import run
 
 
 def js(*args):

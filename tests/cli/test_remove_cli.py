@@ -9,13 +9,7 @@ from click.testing import CliRunner
 
 from lorareg.cli import cmd_remove
 from lorareg.cli.main import cli
-
-
-def run(*args, ok=True, **kw):
-    result = CliRunner().invoke(cli, [str(a) for a in args], **kw)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
+from tests.support.cli import run
 
 
 @pytest.fixture

@@ -11,19 +11,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from lorareg.cli import render
-from lorareg.cli.main import cli
+from tests.support.cli import run
 
 EXE = Path(sys.executable).parent / "lorareg"
-
-
-def run(*args, ok=True, **kw):
-    result = CliRunner().invoke(cli, [str(a) for a in args], **kw)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture
