@@ -53,6 +53,10 @@ def init(ctx: click.Context, as_json: bool) -> None:
         render.print_json(out)
     else:
         click.echo(f"registry ready at {out['home']} ({out['database']})")
+        if out.get("cache"):  # an object store, read through this machine's cache
+            click.echo(f"  blobs: {out['blobs']} (this machine's cache: {out['cache']})")
+        elif out["blobs"] != f"{out['home']}/blobs":  # a folder the team shares
+            click.echo(f"  blobs: {out['blobs']}")
 
 
 @click.group(cls=HelpGroup)

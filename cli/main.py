@@ -16,8 +16,8 @@ from lorareg.cli.errors import LoraregGroup, quiet_broken_pipe
 @click.option("--home", type=click.Path(file_okay=False), envvar="LORAREG_HOME",
               help="Registry folder (default ~/.lorareg, or LORAREG_HOME).")
 @click.option("--database-url", envvar="LORAREG_DATABASE_URL", help="SQLAlchemy URL of a shared registry database.")
-@click.option("--blobs", type=click.Path(file_okay=False), envvar="LORAREG_BLOBS",
-              help="Blob folder shared by a team (default HOME/blobs).")
+@click.option("--blobs", envvar="LORAREG_BLOBS", metavar="FOLDER|URL",
+              help="Blobs shared by a team: a folder, or s3://BUCKET/PREFIX (default HOME/blobs).")
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
 @json_option
 @utc_option
@@ -50,6 +50,10 @@ def _register() -> None:
     from lorareg.cli import cmd_check  # check, config
 
     for command in cmd_check.COMMANDS:
+        cli.add_command(command)
+    from lorareg.cli import cmd_cache  # cache ls, cache prune
+
+    for command in cmd_cache.COMMANDS:
         cli.add_command(command)
     from lorareg.cli.cmd_ui import ui  # its web stack is imported only when `lorareg ui` runs
     cli.add_command(ui)

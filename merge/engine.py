@@ -294,6 +294,7 @@ def merge(
     model_card: str | None = None,
     progress: Progress | None = None,
     write_weights: bool = True,
+    on_shard: Callable[[Path, str], None] | None = None,
 ) -> MergeOutput:
     """Merge ``plan`` into a new folder ``out_dir`` (which must not exist yet).
 
@@ -301,6 +302,7 @@ def merge(
     ``write_weights=False`` (a recipe-only version): the shards are hashed, not written, so
     ``out_dir`` holds only the small files (config, index, side files); the digest and every
     file's sha256 and size in ``files`` are those the written folder would have.
+    ``on_shard(path, sha256)`` is called with each shard once it is written and fsynced.
     """
     import torch
 
@@ -346,7 +348,7 @@ def merge(
     writer = pipe = None
     try:
         metadata = {"format": "pt", "lorareg_recipe": recipe_digest}
-        writer = ShardWriter(tmp, shards, metadata=metadata, write=write_weights)
+        writer = ShardWriter(tmp, shards, metadata=metadata, write=write_weights, on_shard=on_shard)
         applier = _Applier(plan, adapters, method, params, notes)
         ops_of = {o.name: work.ops.get(o.name) for o, _ in sources}
         piecewise = {o.name for o, t in sources if o.name not in quantized and (

@@ -8,6 +8,7 @@ check an adapter against a base without importing torch.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from lorareg.errors import CheckpointError, NotFoundError, PickleRefusedError
 from lorareg.store.pickles import is_pickle
+from lorareg.store.remote_blobs import blob_exists, open_blob_file
 from lorareg.store.safetensors_header import read_header
 
 if TYPE_CHECKING:
@@ -77,7 +79,7 @@ def open_checkpoint(folder: Path) -> Checkpoint:
             raise CheckpointError(f"{index_path}: has no weight_map", hint="re-download or re-save the checkpoint")
         files = tuple(sorted(set(map(str, weight_map.values()))))
         indexed = True
-    elif (folder / SINGLE_NAME).is_file():
+    elif blob_exists(folder / SINGLE_NAME):
         files, weight_map, indexed = (SINGLE_NAME,), None, False
     else:
         pickles = sorted(p.name for p in folder.iterdir() if is_pickle(p.name) and p.is_file())
@@ -87,7 +89,7 @@ def open_checkpoint(folder: Path) -> Checkpoint:
     tensors: dict[str, BaseTensor] = {}
     for file in files:
         path = folder / file
-        if not path.is_file():
+        if not blob_exists(path):  # a weight file may be a link to a blob only the object store holds
             raise CheckpointError(f"{index_path}: names missing shard {file}", hint="re-download the checkpoint")
         header = read_header(path)
         for info in header.in_file_order():
@@ -149,8 +151,8 @@ class TensorReader:
     def _open(self, file: str) -> Any:
         f = self._files.get(file)
         if f is None:
-            f = self._files[file] = open(self._ckpt.folder / file, "rb", buffering=0)
-            if hasattr(os, "posix_fadvise"):
+            f = self._files[file] = open_blob_file(self._ckpt.folder / file)
+            if hasattr(os, "posix_fadvise") and isinstance(f, io.FileIO):
                 # tensors are read in file order: let the kernel read further ahead
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
         return f

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +102,12 @@ class ShardWriter:
     A tensor is written whole (``write``) or piece by piece (``begin``, ``feed``..., ``end``).
     """
 
-    def __init__(self, folder: Path, shards: list[Shard], *, metadata: dict[str, str], write: bool = True) -> None:
+    def __init__(self, folder: Path, shards: list[Shard], *, metadata: dict[str, str], write: bool = True,
+                 on_shard: Callable[[Path, str], None] | None = None) -> None:
         self._folder = Path(folder)
+        # Called with each finished, fsynced shard and its sha256 (an object store starts
+        # uploading it while the next shard is written).
+        self._on_shard = on_shard
         # write=False: hash only (a recipe-only merge keeps the digests, not the bytes), so
         # nothing is written or fsynced; the tensor and file sha256 are the same either way.
         self._write = write
@@ -153,9 +158,11 @@ class ShardWriter:
         if self._file is None:
             return
         self._file.flush()
-        self.files[self._shards[self._current].file] = FileDigest(sha256=self._file_hash.hexdigest(), size=self._size)
+        name = self._shards[self._current].file
+        self.files[name] = FileDigest(sha256=self._file_hash.hexdigest(), size=self._size)
         if self._write:
-            self._syncs.append(self._sync_pool.submit(_sync_close, self._file))
+            self._syncs.append(self._sync_pool.submit(_sync_close, self._file, self._folder / name,
+                                                      self.files[name].sha256, self._on_shard))
         self._file = None
 
     def begin(self, name: str, nbytes: int) -> None:
@@ -244,8 +251,10 @@ class _NullFile:
         pass
 
 
-def _sync_close(f: Any) -> None:
+def _sync_close(f: Any, path: Path, sha256: str, on_shard: Callable[[Path, str], None] | None) -> None:
     try:
         os.fsync(f.fileno())
     finally:
         f.close()
+    if on_shard is not None:
+        on_shard(path, sha256)

@@ -1,7 +1,7 @@
 """Registering bases and adapters (from a folder, or from the Hub).
 
 Everything is checked first, then hashed in one read that also puts each file into the blob
-store (unless tracked by reference), under the writer lock; ``register.register_version``
+store (unless tracked by reference), under the writer's lease; ``register.register_version``
 then commits the rows and links the version folder."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from sqlmodel import Session
 
 from lorareg.errors import CheckpointError
-from lorareg.registry import events, locking, lookup
+from lorareg.registry import events, leases, lookup
 from lorareg.registry import models as m
 from lorareg.registry.context import Context
 from lorareg.registry.inputs import check_adapter, check_base, describe_base
@@ -76,13 +76,13 @@ def add_base(ctx: Context, *, path: Path, name: str | None, reference: bool, all
 
 @contextmanager
 def _storing(ctx: Context, store: bool) -> Iterator[BlobStore | None]:
-    """The blob store to write while hashing, under the writer lock (held from the first blob
-    written to the commit of the rows: ``register_version`` runs inside it); None when
-    nothing is stored (``--reference``)."""
+    """The blob store to write while hashing, under the writer's lease (held from the first
+    blob written to the commit of the rows: ``register_version`` runs inside it and shares
+    it); None when nothing is stored (``--reference``)."""
     if not store:
         yield None
         return
-    with locking.writing(ctx.home.blobs):
+    with leases.writing(ctx):
         yield ctx.blobs
 
 
@@ -130,7 +130,7 @@ def add_adapter(ctx: Context, *, path: Path, base: str, name: str | None, allow_
         with ctx.session() as session:
             base_row = resolve_base(session, base)  # a base, or a merged model (an adapter chain)
         with ExitStack() as temporary:  # a merged model kept as recipe only is rebuilt to be checked
-            summary = check_adapter_fits(base=input_folder(ctx, lookup.ref_of(base_row), temporary),
+            summary = check_adapter_fits(base=input_folder(ctx, lookup.ref_of(base_row), temporary, lazy=True),
                                          adapter=checked.folder)
         config_digest = digest_json(summary.normalized_config)
         with _storing(ctx, True) as sink:  # one read: hashed and stored together

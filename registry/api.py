@@ -18,6 +18,7 @@ from lorareg.registry.results import (AliasInfo, DiffResult, EventInfo, GcResult
                                       VersionPage)
 from lorareg.registry.results import QueryHit, RemoveResult, RenameResult
 from lorareg.registry.results import CheckResult
+from lorareg.registry.results import CacheReport
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -67,7 +68,9 @@ class Registry:
 
     def location(self) -> RegistryLocation:
         """Where this registry keeps its database, blobs and version folders."""
-        return RegistryLocation(home=self._ctx.home.root, blobs=self._ctx.home.blobs,
+        url = self._ctx.home.blob_url  # an object store: its URL, and this machine's cache of it
+        return RegistryLocation(home=self._ctx.home.root, blobs=url or self._ctx.home.blobs,
+                                cache=self._ctx.home.cache if url else None,
                                 database=self._ctx.db.url.render_as_string(hide_password=True))
 
     # -- registering ------------------------------------------------------------------
@@ -318,6 +321,18 @@ class Registry:
         from lorareg.registry.gc import gc
 
         return gc(self._ctx, evict=tuple(evict), merges_older_than_days=merges_older_than_days, dry_run=dry_run)
+
+    def cache_ls(self) -> CacheReport:
+        """This machine's cache of the object store (LORAREG_BLOBS=s3://...): blobs, least recently used first."""
+        from lorareg.registry.cache import cache_ls
+
+        return cache_ls(self._ctx)
+
+    def cache_prune(self, *, max_bytes: int | None = None) -> CacheReport:
+        """Evict cached blobs, least recently used first, down to ``max_bytes`` (default LORAREG_CACHE_MAX)."""
+        from lorareg.registry.cache import cache_prune
+
+        return cache_prune(self._ctx, max_bytes=max_bytes)
 
     # -- experiment tracking ----------------------------------------------------------------
     def log_params(self, *, ref: str, params: Mapping[str, Any]) -> None:

@@ -17,20 +17,20 @@ if TYPE_CHECKING:
     from sqlmodel import Session
 
     from lorareg.store.blobs import BlobStore
+    from lorareg.store.remote_blobs import RemoteBlobStore
 
 
 @dataclass(frozen=True)
 class Context:
     home: Home
     db: "Engine"
-    blobs: "BlobStore"
+    blobs: "BlobStore | RemoteBlobStore"
 
     @classmethod
     def open(cls, *, home: str | os.PathLike[str] | None = None, database_url: str | None = None,
              blobs: str | os.PathLike[str] | None = None) -> "Context":
         """Create the folders if needed and bring the database schema to head."""
         from lorareg.registry.db import make_engine, sqlite_url, upgrade
-        from lorareg.store.blobs import BlobStore
         from lorareg.store.scratch import sweep
 
         h = Home.resolve(home, blobs)
@@ -38,11 +38,16 @@ class Context:
         url = database_url or os.environ.get("LORAREG_DATABASE_URL") or sqlite_url(h.db_path)
         engine = make_engine(url)
         upgrade(engine, blobs=h.blobs)
-        blobs_store = BlobStore(h.blobs)
+        blobs_store = _blob_store(h)
         # What crashed runs left: their run folders' locks are free.  A listing of two folders.
         sweep(h.tmp)
         blobs_store.clean_temp()
         return cls(home=h, db=engine, blobs=blobs_store)
+
+    @property
+    def blobs_location(self) -> str:
+        """The blob store as a user names it: a folder, or ``s3://bucket/prefix``."""
+        return self.home.blob_url or str(self.home.blobs)
 
     def scratch(self) -> Path:
         """This process's run folder under LORAREG_HOME/tmp: every temporary file goes here, so a
@@ -58,4 +63,20 @@ class Context:
         return Session(self.db, expire_on_commit=False)
 
     def close(self) -> None:
-        self.db.dispose()
+        try:
+            self.blobs.close()
+        finally:
+            self.db.dispose()
+
+
+def _blob_store(h: Home):
+    from lorareg.store.blobs import BlobStore
+
+    if not h.blob_url:
+        return BlobStore(h.blobs)
+    from lorareg.registry.leases import lease_seconds
+    from lorareg.store.remote_blobs import DEFAULT_CACHE_MAX, RemoteBlobStore, parse_size
+
+    limit = parse_size(os.environ.get("LORAREG_CACHE_MAX") or DEFAULT_CACHE_MAX)
+    # A multipart upload older than a lease belongs to a writer that is gone.
+    return RemoteBlobStore(h.blob_url, h.cache, cache_max=limit, stale_upload_s=lease_seconds())

@@ -46,7 +46,25 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITER) else "BEGIN")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    try:
+        return create_engine(url, pool_pre_ping=True)  # imports the URL's driver (DBAPI) here
+    except ImportError as exc:  # ModuleNotFoundError, or psycopg's "no pq wrapper available"
+        raise _missing_driver(url, exc) from None
+
+
+# The optional extra that installs a driver lorareg supports.
+_DRIVER_EXTRAS = {"psycopg": "lorareg[postgres]"}
+
+
+def _missing_driver(url: str, exc: ImportError):
+    from sqlalchemy.engine import make_url
+
+    from lorareg.errors import LoraregError
+
+    driver = make_url(url).get_driver_name()  # "psycopg" for postgresql:// (SQLAlchemy 2.1's default)
+    extra = _DRIVER_EXTRAS.get(driver)
+    hint = f"pip install '{extra}'" if extra else f"install the Python package that provides {exc.name or driver}"
+    return LoraregError(f"the database URL needs the {driver} driver, which is not installed", hint=hint)
 
 
 def writer_session(engine: Engine, name: str):

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlmodel import Session, select
 
 from lorareg.errors import LoraregError
-from lorareg.registry import events, locking, lookup
+from lorareg.registry import events, leases, lookup
 from lorareg.registry import models as m
 from lorareg.registry.context import Context
 from lorareg.registry.refs import a_kind
@@ -19,9 +19,9 @@ from lorareg.registry.results import GcResult
 
 def gc(ctx: Context, *, evict: tuple[str, ...] = (), merges_older_than_days: float | None = None,
        dry_run: bool = False) -> GcResult:
-    """Evict merges to recipe only (optional), then delete blobs nothing references and stale temp files."""
-    with locking.collecting(ctx.home.blobs):
-        result = _gc(ctx, evict_refs=evict, merges_older_than_days=merges_older_than_days, dry_run=dry_run)
+    """Evict merges to recipe only (optional), then delete blobs nothing references (no committed
+    row, no live writer's lease) and stale temp files; clear the leases that lapsed."""
+    result = _gc(ctx, evict_refs=evict, merges_older_than_days=merges_older_than_days, dry_run=dry_run)
     if not dry_run:
         _remove_stale_link_folders(ctx.home.versions)
     return result
@@ -53,9 +53,10 @@ def _evictable(session: Session, *, refs: tuple[str, ...], older_than_days: floa
 
 def _gc(ctx: Context, *, evict_refs: tuple[str, ...], merges_older_than_days: float | None,
         dry_run: bool) -> GcResult:
-    with ctx.session() as session:
+    # Evictions commit first, on their own: blobs go only once no committed row says they are stored.
+    with leases.write_session(ctx) as session:
         to_evict = _evictable(session, refs=evict_refs, older_than_days=merges_older_than_days)
-        evicted = tuple(lookup.ref_of(r) for r in to_evict)
+        evicted, without = tuple(lookup.ref_of(r) for r in to_evict), {r.id for r in to_evict}
         if not dry_run:
             for row in to_evict:
                 row.stored = False
@@ -63,13 +64,15 @@ def _gc(ctx: Context, *, evict_refs: tuple[str, ...], merges_older_than_days: fl
                 events.record(session, "evict", ref=lookup.ref_of(row), version_id=row.id)
                 shutil.rmtree(ctx.home.version_dir(row.name, row.version), ignore_errors=True)
             session.commit()
-        report = ctx.blobs.gc(referenced_blobs(session, without={r.id for r in to_evict}), dry_run=dry_run)
+    with leases.collecting(ctx, dry_run=dry_run) as collection:  # no writer claims a blob meanwhile
+        session = collection.session
+        report = ctx.blobs.gc(referenced_blobs(session, without=without) | collection.pending(), dry_run=dry_run)
         if not dry_run:
             events.record(session, "gc", ref="*", evicted=list(evicted), blobs_removed=len(report.removed),
-                          bytes_freed=report.bytes_freed)
-            session.commit()
+                          bytes_freed=report.bytes_freed, leases_expired=collection.leases_expired)
     return GcResult(blobs_removed=len(report.removed), bytes_freed=report.bytes_freed,
-                    temp_files_removed=report.temp_files_removed, evicted=evicted)
+                    temp_files_removed=report.temp_files_removed, evicted=evicted,
+                    leases_expired=collection.leases_expired)
 
 
 def _remove_stale_link_folders(versions: Path, max_age_s: float = 3600) -> None:

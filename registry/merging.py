@@ -12,7 +12,7 @@ from typing import Any
 from sqlmodel import Session
 
 from lorareg.errors import IncompatibleAdapterError, MergeError
-from lorareg.registry import events, lookup
+from lorareg.registry import events, leases, lookup
 from lorareg.registry import models as m
 from lorareg.registry.add import content_digest_of
 from lorareg.registry.context import Context
@@ -144,16 +144,20 @@ def make_version(ctx: Context, recipe: Recipe, *, name: str, keep: str, message:
         found = lookup.with_recipe(session, name, recipe.digest())
         if found is not None and parent_id is None:
             return version_info(session, ctx.home, found, existed=True)
-    # kept as recipe only: the shards are hashed, never written or fsynced
-    produced = produce(ctx, recipe, progress=progress, weights=keep == "files")
-    if notes:
-        produced = replace(produced, outcome={**produced.outcome,
-                                              "notes": [*produced.outcome.get("notes", []), *notes]})
-    try:
-        return register_merge(ctx, recipe, produced, name=name, keep=keep, message=message, parent_id=parent_id,
-                              action=action)
-    finally:
-        produced.discard()
+    # Under the writer's lease from the first shard: an object store uploads each shard as it
+    # is written.  Kept as recipe only: the shards are hashed, never written or fsynced.
+    import lorareg.merge.engine  # noqa: F401  (the import of torch is long: before the lease's heartbeat starts)
+
+    with leases.writing(ctx):
+        produced = produce(ctx, recipe, progress=progress, weights=keep == "files", storing=keep == "files")
+        if notes:
+            produced = replace(produced, outcome={**produced.outcome,
+                                                  "notes": [*produced.outcome.get("notes", []), *notes]})
+        try:
+            return register_merge(ctx, recipe, produced, name=name, keep=keep, message=message,
+                                  parent_id=parent_id, action=action)
+        finally:
+            produced.discard()
 
 
 def register_merge(ctx: Context, recipe: Recipe, produced: Produced, *, name: str, keep: str, message: str | None,

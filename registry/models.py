@@ -212,6 +212,27 @@ class Check(SQLModel, table=True):
     checked_by: str = Field(default="", max_length=128)
 
 
+class Lease(SQLModel, table=True):
+    """A writer between its first blob and the commit of its rows (registry/leases.py): its
+    heartbeat keeps ``expires_at`` ahead; gc removes it (and its pending blobs) once it lapses."""
+
+    __tablename__ = "leases"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    owner: str = Field(max_length=256)  # user@host:pid, for whoever reads the table
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(index=True)  # gc: "which leases lapsed"
+
+
+class PendingBlob(SQLModel, table=True):
+    """A blob a live lease relies on before any committed row names it: gc keeps it."""
+
+    __tablename__ = "pending_blobs"
+
+    lease_id: int = Field(foreign_key="leases.id", primary_key=True, ondelete="CASCADE")
+    sha256: str = Field(primary_key=True, max_length=64)
+
+
 class Setting(SQLModel, table=True):
     """Registry-wide settings (``lorareg config set KEY VALUE``), e.g. ``require-check``."""
 

@@ -40,10 +40,12 @@ class Produced:
 
 
 def produce(ctx: Context, recipe: Recipe, *, recipe_digest: str | None = None, progress: Progress = None,
-            weights: bool = True) -> Produced:
+            weights: bool = True, storing: bool = False) -> Produced:
     """Run ``recipe`` into a new scratch folder (the caller stores or discards it).
     ``weights=False`` (a version kept as recipe only): a merge's shards are hashed, not
-    written; the digests and ``files`` are the same, the folder holds only the small files."""
+    written; the digests and ``files`` are the same, the folder holds only the small files.
+    ``storing``: the caller will store the output, so an object store starts uploading each
+    shard as soon as it is written (``BlobStore.begin_upload``)."""
     work = Path(tempfile.mkdtemp(prefix="merge-", dir=ctx.scratch()))
     out = work / "out"
     try:
@@ -54,7 +56,8 @@ def produce(ctx: Context, recipe: Recipe, *, recipe_digest: str | None = None, p
             if not adapters:
                 return _base_copy(ctx, recipe, base, out)
             if recipe.output == "model":
-                return _merge(recipe, base, adapters, out, recipe_digest, progress, weights=weights)
+                return _merge(recipe, base, adapters, out, recipe_digest, progress, weights=weights,
+                              on_shard=ctx.blobs.begin_upload if storing and weights else None)
             return _as_adapter(recipe, base, adapters, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -85,19 +88,20 @@ def same_output(row: m.Version, produced: Produced) -> bool:
 
 
 def input_folder(ctx: Context, ref: str, temporary: ExitStack, *, digest: str | None = None,
-                 progress: Progress = None) -> Path:
+                 progress: Progress = None, lazy: bool = False) -> Path:
     """The folder of a version something is about to read: its stored files (or its referenced
     folder, confirmed unchanged), or -- a merge kept as recipe only, e.g. the parent of an
     adapter chain or a subtraction's source -- rebuilt into scratch and checked against its
     digest, removed when ``temporary`` closes.  ``digest`` is what the reader recorded: a
-    version that no longer has it is refused."""
+    version that no longer has it is refused.  ``lazy``: weights may stay in the object store
+    (read by ranged requests as they stream; see ``register.folder_of``)."""
     with ctx.session() as session:
         row = lookup.resolve(session, ref)
         if digest is not None and row.digest != digest:
             raise IntegrityError(f"{ref} no longer has the digest the recipe recorded",
                                  hint="run: lorareg verify --all")
         if row.stored or row.kind == "base":
-            return folder_of(ctx, session, row)
+            return folder_of(ctx, session, row, lazy=lazy)
     _, rebuilt = produce_version(ctx, lookup.ref_of(row), progress=progress)
     temporary.callback(rebuilt.discard)
     return rebuilt.folder
@@ -105,7 +109,7 @@ def input_folder(ctx: Context, ref: str, temporary: ExitStack, *, digest: str | 
 
 def _inputs(ctx: Context, recipe: Recipe, temporary: ExitStack) -> tuple[Path, list[tuple[Path, float]]]:
     """Folders of the recipe's inputs, found by reference and checked against its digests."""
-    base_folder = input_folder(ctx, recipe.base.ref, temporary, digest=recipe.base.digest)
+    base_folder = input_folder(ctx, recipe.base.ref, temporary, digest=recipe.base.digest, lazy=True)
     adapters = [(input_folder(ctx, a.ref, temporary), a.weight) for a in recipe.adapters]
     if recipe.allow_base_mismatch:
         from lorareg.merge import check_adapter_fits
@@ -138,11 +142,11 @@ def _quantization(recipe: Recipe):
 
 
 def _merge(recipe: Recipe, base: Path, adapters: list[tuple[Path, float]], out: Path, recipe_digest: str | None,
-           progress: Progress, *, weights: bool = True) -> Produced:
+           progress: Progress, *, weights: bool = True, on_shard=None) -> Produced:
     from lorareg.merge import merge
 
     res = merge(_plan(recipe, base, adapters), out, recipe_digest=recipe_digest or recipe.digest(),
-                progress=progress, write_weights=weights)
+                progress=progress, write_weights=weights, on_shard=on_shard)
     taken: dict[str, list[str]] = {}
     for group, ref in (recipe.side_files or {}).items():
         taken.setdefault(ref, []).append(group.replace("_", " "))

@@ -2,10 +2,11 @@
 
 Order matters for crash safety: the bytes enter the blob store first, then the rows that
 name them are committed in one transaction, and only then is the folder of links derived
-(it can be rebuilt from the rows at any time).  The writer lock is held from the first blob
-to the commit, so a ``gc`` cannot collect the blobs in between (``add`` stores its blobs while
-hashing, so it takes the lock before that pass; taking it again here is harmless: it is a
-shared ``flock`` on another open file, and gc's exclusive lock waits for both).  The version number is
+(it can be rebuilt from the rows at any time).  The writer's lease (``leases.writing``) is held
+from the first blob to the commit: every blob is claimed under it before the store relies on
+it, so a ``gc`` keeps the blobs in between, and the rows commit only while the lease is still
+held (``leases.assert_held``).  ``add`` stores its blobs while hashing, so it takes the lease
+before that pass; taking it again here shares the same lease.  The version number is
 decided here, once, inside the transaction that inserts the row; the model card, which
 names it, is rendered in that same transaction."""
 
@@ -21,7 +22,7 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlmodel import Session, select
 
 from lorareg.errors import IntegrityError, LoraregError
-from lorareg.registry import events, locking, lookup
+from lorareg.registry import events, leases, lookup
 from lorareg.registry import models as m
 from lorareg.registry.context import Context
 from lorareg.registry.results import FileDigest, VersionInfo
@@ -47,7 +48,7 @@ class NewVersion:
     store: bool = True  # put the files in the blob store (False: tracked by reference, or recipe only)
     move: bool = False  # ``folder`` is our own scratch output: move its files into the store
     # ``files`` are already blobs: the digest pass stored them (``checkpoint_digest(sink=)``),
-    # under a writer lock its caller took before that pass and holds across this call.
+    # under a writer lease its caller took before that pass and holds across this call.
     in_store: bool = False
     manifest: bytes | None = None  # the tensor manifest, kept as a blob
     parent_id: int | None = None
@@ -65,6 +66,7 @@ def register_version(ctx: Context, new: NewVersion, *, progress: Progress = None
     files = {k: v for k, v in new.files.items() if not (new.card and k == CARD)}
 
     def write(session: Session) -> tuple[m.Version, dict[str, FileDigest] | None]:
+        leases.assert_held(session, ctx)  # no row commits whose blobs a gc may have removed
         found = new.existing(session) if new.existing is not None else None
         if found is not None:
             return found, None
@@ -89,10 +91,11 @@ def register_version(ctx: Context, new: NewVersion, *, progress: Progress = None
                       digest=new.digest, message=new.message, **new.event)
         return row, final
 
-    with locking.writing(ctx.home.blobs):
+    with leases.writing(ctx):
         if new.store and new.folder is not None and not new.in_store:
             store_files(ctx, new.folder, files, move=new.move, progress=progress)
         manifest_sha = ctx.blobs.put_bytes(new.manifest).sha256 if new.manifest is not None else None
+        ctx.blobs.flush()  # an object store's uploads are complete before any row names them
         row, final = _with_retry(ctx, new.name, write)
     if final is None:  # another writer registered the same content first
         with ctx.session() as session:
@@ -106,14 +109,20 @@ def register_version(ctx: Context, new: NewVersion, *, progress: Progress = None
 def store_existing(ctx: Context, *, version_id: int, folder: Path, files: Mapping[str, FileDigest],
                    card: Callable[[Session, int], str] | None) -> None:
     """Give a version kept as recipe only its bytes back (``folder`` is consumed)."""
+    from lorareg.registry.db import writer_session
+
     files = {k: v for k, v in files.items() if not (card and k == CARD)}
-    with locking.writing(ctx.home.blobs):
+    with leases.writing(ctx):
         store_files(ctx, folder, files, move=True)
+        final = dict(files)
         with ctx.session() as session:
             row = session.get(m.Version, version_id)
-            final = dict(files)
-            if card is not None:
+            if card is not None:  # put (and claimed) before the rows transaction: it is not a writer's
                 final[CARD] = _put_card(ctx, card(session, row.version), store=True)
+        ctx.blobs.flush()
+        with writer_session(ctx.db, row.name) as session:
+            leases.assert_held(session, ctx)
+            row = session.get(m.Version, version_id)
             for f in lookup.file_rows(session, row):
                 if f.path in final:
                     f.sha256, f.size = final[f.path].sha256, final[f.path].size
@@ -141,11 +150,13 @@ def link_version(ctx: Context, name: str, version: int, files: Mapping[str, File
                          scratch=ctx.scratch())
 
 
-def folder_of(ctx: Context, session: Session, row: m.Version) -> Path:
+def folder_of(ctx: Context, session: Session, row: m.Version, *, lazy: bool = False) -> Path:
     """The folder ``from_pretrained`` loads for a version that has files; the link folder is
     recreated from the rows when it is missing.  A folder tracked by reference is confirmed to
     hold the registered bytes first (``confirm_reference``): nothing reads an input that is not
-    what its version recorded."""
+    what its version recorded.  With an object store, the files are fetched into this
+    machine's cache; ``lazy`` leaves the weight files to ranged reads (a merge's base: the
+    reader streams them, so no full local copy is made)."""
     if row.kind == "base" and not row.stored:
         folder = Path(session.get(m.Base, row.id).source_path)
         confirm_reference(session, row, folder)
@@ -154,9 +165,12 @@ def folder_of(ctx: Context, session: Session, row: m.Version) -> Path:
         raise LoraregError(f"{lookup.ref_of(row)} is kept as recipe only",
                            hint=f"give it its files back with: lorareg rebuild {lookup.ref_of(row)} --keep-files")
     path = ctx.home.version_dir(row.name, row.version)
+    files = {f.path: FileDigest(f.sha256, f.size) for f in lookup.file_rows(session, row)}
     if not path.exists():
-        link_version(ctx, row.name, row.version,
-                     {f.path: FileDigest(f.sha256, f.size) for f in lookup.file_rows(session, row)})
+        link_version(ctx, row.name, row.version, files)
+    for rel, f in files.items():
+        if not (lazy and rel.endswith(".safetensors")):
+            ctx.blobs.ensure_local(f.sha256)
     return path
 
 

@@ -3,7 +3,7 @@
 A removed version keeps its row, marked ``removed_at``: its number is never given out again
 (``chat@3`` in the event log always means the same bytes), and the lineage of whatever was
 made from it stays whole.  Its bytes are evicted: the link folder goes, and the blobs no other
-stored version needs are collected under the same exclusive lock ``gc`` takes.  A version
+stored version (and no live writer's lease) needs are collected the way ``gc`` collects them.  A version
 something still refers to (a live merge or adapter made from it, a rollback's child, an
 alias, a Hub push) is refused unless ``force``: then it becomes a tombstone the same way,
 and its aliases are removed (recorded, so ``alias history`` shows it).
@@ -22,7 +22,7 @@ from sqlalchemy import update
 from sqlmodel import Session, select
 
 from lorareg.errors import LoraregError
-from lorareg.registry import events, locking, lookup
+from lorareg.registry import events, leases, lookup
 from lorareg.registry import models as m
 from lorareg.registry.context import Context
 from lorareg.registry.refs import a_kind, check_name, parse_ref
@@ -66,31 +66,32 @@ def remove(ctx: Context, *, refs: Sequence[str], force: bool = False, message: s
 
     if not refs:
         raise LoraregError("nothing to remove", hint="lorareg rm NAME@VERSION")
-    with locking.collecting(ctx.home.blobs):  # no writer is between its blobs and its rows
-        with ctx.session() as session:
-            rows = list({r.id: r for r in (lookup.resolve(session, ref) for ref in refs)}.values())
-            ids = frozenset(r.id for r in rows)
-            used = {r.id: referrers(session, r, ignore=ids) for r in rows}
-            blocked = [r for r in rows if used[r.id]]
-            if blocked and not force:
-                first = blocked[0]
-                raise LoraregError(f"{lookup.ref_of(first)} is still used by {_in_words(used[first.id])}",
-                                   hint="remove those first, or pass --force to keep it as a tombstone "
-                                        "(row and lineage kept, bytes evicted)")
-            now = m.utcnow()
-            aliases_removed = []
-            for row in rows:
-                for a in session.exec(select(m.Alias).where(m.Alias.version_id == row.id)).all():
-                    aliases_removed.append(f"{a.name}@{a.alias}")
-                    session.delete(a)
-                    events.record(session, "alias-rm", ref=f"{a.name}@{a.alias}", alias=a.alias,
-                                  previous=row.version, reason="rm")
-                events.record(session, "rm", ref=lookup.ref_of(row), version_id=row.id, kind=row.kind,
-                              forced=bool(used[row.id]), still_used_by=used[row.id] or None, message=message)
-                row.removed_at, row.stored = now, False
-                session.add(row)
-            session.commit()
-            report = ctx.blobs.gc(referenced_blobs(session))
+    # The rows first, committed; then the blobs nothing needs any more, the way gc collects them.
+    with leases.write_session(ctx) as session:
+        rows = list({r.id: r for r in (lookup.resolve(session, ref) for ref in refs)}.values())
+        ids = frozenset(r.id for r in rows)
+        used = {r.id: referrers(session, r, ignore=ids) for r in rows}
+        blocked = [r for r in rows if used[r.id]]
+        if blocked and not force:
+            first = blocked[0]
+            raise LoraregError(f"{lookup.ref_of(first)} is still used by {_in_words(used[first.id])}",
+                               hint="remove those first, or pass --force to keep it as a tombstone "
+                                    "(row and lineage kept, bytes evicted)")
+        now = m.utcnow()
+        aliases_removed = []
+        for row in rows:
+            for a in session.exec(select(m.Alias).where(m.Alias.version_id == row.id)).all():
+                aliases_removed.append(f"{a.name}@{a.alias}")
+                session.delete(a)
+                events.record(session, "alias-rm", ref=f"{a.name}@{a.alias}", alias=a.alias,
+                              previous=row.version, reason="rm")
+            events.record(session, "rm", ref=lookup.ref_of(row), version_id=row.id, kind=row.kind,
+                          forced=bool(used[row.id]), still_used_by=used[row.id] or None, message=message)
+            row.removed_at, row.stored = now, False
+            session.add(row)
+        session.commit()
+    with leases.collecting(ctx) as collection:  # no writer claims a blob meanwhile
+        report = ctx.blobs.gc(referenced_blobs(collection.session) | collection.pending())
     for row in rows:  # links only; a folder tracked by reference is the user's and stays
         shutil.rmtree(ctx.home.version_dir(row.name, row.version), ignore_errors=True)
     return RemoveResult(removed=tuple(lookup.ref_of(r) for r in rows),

@@ -18,6 +18,7 @@ __all__ = [
     "Node", "PushInfo", "RebuildResult", "RecipeChange", "RegistryLocation", "SearchHit", "TensorDiff", "Tracked",
     "VerifyResult", "VersionInfo", "QueryHit", "RemoveResult", "RenameResult", "VersionPage",
     "CheckResult",
+    "CacheEntry", "CacheReport",
 ]
 
 def _jsonable(value: Any) -> Any:
@@ -42,7 +43,8 @@ class _AsDict:
 class RegistryLocation(_AsDict):
     home: Path
     database: str  # the SQLAlchemy URL, password hidden
-    blobs: Path
+    blobs: Path | str  # a folder, or the object store's URL (``s3://bucket/prefix``)
+    cache: Path | None = None  # with an object store: this machine's cache of it
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,29 @@ class GcResult(_AsDict):
     bytes_freed: int
     temp_files_removed: int
     evicted: tuple[str, ...] = ()
+    leases_expired: int = 0  # writers' leases that had lapsed, cleared with their pending blobs
+
+
+@dataclass(frozen=True)
+class CacheEntry(_AsDict):
+    """One blob in this machine's cache of the object store."""
+    sha256: str
+    size: int
+    last_used: datetime  # UTC; a read through the cache touches it (eviction is least recently used first)
+    refs: tuple[str, ...] = ()  # the versions whose files (or tensor manifest) it is
+    paths: tuple[str, ...] = ()  # those files' relative paths ("(manifest)" for a tensor manifest)
+
+
+@dataclass(frozen=True)
+class CacheReport(_AsDict):
+    """``cache ls`` (``entries``: least recently used first) and ``cache prune`` (``removed``)."""
+    location: Path  # the cache folder (LORAREG_HOME/cache)
+    store: str  # the object store it caches, ``s3://bucket/prefix``
+    limit: int | None  # LORAREG_CACHE_MAX in bytes (or prune's --max-size)
+    total_bytes: int  # what the cache holds (after a prune: what is left)
+    entries: tuple[CacheEntry, ...] = ()
+    removed: tuple[CacheEntry, ...] = ()
+    bytes_freed: int = 0
 
 
 @dataclass(frozen=True)

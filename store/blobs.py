@@ -122,6 +122,25 @@ class BlobStore:
         self.root = Path(root)
         self.objects = self.root / "sha256"
         self.tmp = self.root / "tmp"
+        # Called with a blob's hex before the store relies on it (before it appears under its
+        # name, or before an existing copy is reused): the registry records the blob as pending
+        # under the writer's lease (registry/leases.py), so a gc never removes it in between.
+        self.claim: Callable[[str], None] | None = None
+
+    def close(self) -> None:
+        """End of a command: nothing to finish for a folder (an object store prunes its cache)."""
+
+    def begin_upload(self, path: Path, sha256_hex: str) -> None:
+        """An object store starts uploading a file that will be stored under this digest;
+        a folder store has nothing to do until ``put_file``."""
+
+    def _claim(self, hexdigest: str) -> None:
+        if self.claim is not None:
+            self.claim(hexdigest)
+
+    def flush(self) -> None:
+        """Wait until every blob put so far is durable where readers look for it (a no-op
+        here: the rename is the commit; an object store waits for its uploads)."""
 
     def __repr__(self) -> str:
         return f"BlobStore({str(self.root)!r})"
@@ -143,6 +162,16 @@ class BlobStore:
                 f"blob {normalize_sha256(sha256_hex)} is not in the store",
                 hint="rebuild the version that needs it (lorareg rebuild REF) or run: lorareg verify --all",
             ) from None
+
+    def ensure_local(self, sha256_hex: str, *, progress: Progress | None = None) -> Path:
+        """The blob's path on this machine (an object store fetches it into its cache first)."""
+        path = self.path_for(sha256_hex)
+        if not path.is_file():
+            raise NotFoundError(
+                f"blob {normalize_sha256(sha256_hex)} is not in the store",
+                hint="rebuild the version that needs it (lorareg rebuild REF) or run: lorareg verify --all",
+            )
+        return path
 
     def iter_blobs(self) -> Iterator[tuple[str, int]]:
         """(hex, size) of every well-formed blob, in hex order."""
@@ -178,6 +207,7 @@ class BlobStore:
 
     def _commit(self, temp_path: Path, hexdigest: str, size: int) -> StoredBlob:
         """Rename a fully written, fsynced file into place, unless the blob is already there."""
+        self._claim(hexdigest)
         existing = self._existing(hexdigest, size)
         if existing is not None:
             temp_path.unlink(missing_ok=True)
@@ -212,6 +242,7 @@ class BlobStore:
 
     def put_bytes(self, data: bytes) -> StoredBlob:
         hexdigest = hashlib.sha256(data).hexdigest()
+        self._claim(hexdigest)
         existing = self._existing(hexdigest, len(data))
         if existing is not None:
             return existing
@@ -242,6 +273,7 @@ class BlobStore:
             expected = file_sha256(src, progress=progress)  # no copy, so one read is all it costs
             progress = None
         if expected is not None:
+            self._claim(expected)
             existing = self.path_for(expected)
             existing_size = existing.stat().st_size if existing.is_file() else None
             if existing_size == src_stat.st_size:

@@ -90,10 +90,12 @@ def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 def read_header(path: Path) -> SafetensorsHeader:
     """Parse ``path``'s header and check every tensor's dtype, shape and byte range."""
+    from lorareg.store.remote_blobs import open_blob_file  # a link to a blob may be read from its object store
+
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            file_size = os.fstat(f.fileno()).st_size
+        with open_blob_file(path) as f:
+            file_size = f.size if hasattr(f, "size") else os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             if len(prefix) < 8:
                 raise _fail(path, f"not a safetensors file ({file_size} bytes, shorter than the 8-byte length)")

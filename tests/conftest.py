@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.postgres import pg_server, pg_url  # noqa: F401  (PostgreSQL: one server a session, a database a test)
+from tests.support.seaweed import s3_bucket, s3_server  # noqa: F401  (SeaweedFS S3: one server a session, a bucket a test)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

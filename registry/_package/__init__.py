@@ -18,11 +18,12 @@ if TYPE_CHECKING:
                                           VersionPage)
     from lorareg.registry.results import QueryHit, RemoveResult, RenameResult
     from lorareg.registry.results import CheckResult
+    from lorareg.registry.results import CacheEntry, CacheReport
 
 _RESULTS = ("AliasInfo", "DiffResult", "Edge", "EventInfo", "FileDigest", "GcResult", "Lineage", "MetricPoint", "Node",
             "PushInfo", "RebuildResult", "RecipeChange", "RegistryLocation", "SearchHit", "TensorDiff", "Tracked",
             "VerifyResult", "VersionInfo", "VersionPage", "QueryHit", "RemoveResult", "RenameResult",
-            "CheckResult")
+            "CheckResult", "CacheEntry", "CacheReport")
 __all__ = ["LoraregError", "Registry", "__version__", *_RESULTS]
 
 

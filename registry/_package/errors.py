@@ -65,7 +65,18 @@ class MergeError(LoraregError, ValueError):
     """A merge request that cannot be carried out as asked."""
 
 
+class LeaseLostError(LoraregError):
+    """A writer whose lease lapsed (it was paused, or cut off from the database) and whose
+    pending blobs a gc may have removed: its rows are not committed."""
+
+    hint = "nothing was registered; run the command again (LORAREG_LEASE_SECONDS sets the lease length)"
+
+
 class InvalidDigestError(LoraregError, ValueError):
     """A string that is not a sha256 digest where one is required."""
 
     hint = "a sha256 digest is 64 hex characters, optionally prefixed with sha256:"
+
+
+class ObjectStoreError(LoraregError):
+    """An S3-compatible object store that cannot be reached, refuses the credentials, or lacks the bucket."""

@@ -1,28 +1,24 @@
-"""gc: waits for writers that are between their blobs and their rows; cleans what crashes leave."""
+"""gc: keeps the blobs of writers that are between their blobs and their rows; cleans what crashes leave."""
 
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 
-def test_gc_waits_for_a_writer_holding_the_lock(reg, llama):
-    from lorareg.registry import locking
-    from lorareg.store import BlobStore
+def test_gc_keeps_the_blobs_of_a_writer_between_its_blobs_and_its_rows(reg, llama):
+    """A writer's lease protects the blobs it stored before its rows exist; gc does not wait
+    for it, and takes the blobs once the lease is gone and no row names them."""
+    from lorareg.registry import leases
 
     reg.add_base(path=llama, name="llama")
-    blobs = BlobStore(reg.location().blobs)
-    orphan = blobs.put_bytes(b"bytes of a version whose rows are not committed yet")
-    done = threading.Event()
-    with locking.writing(reg.location().blobs):
-        t = threading.Thread(target=lambda: (reg.gc(), done.set()))
-        t.start()
-        time.sleep(0.3)
-        assert not done.is_set()  # gc is blocked while a writer is mid-way
-        assert blobs.has(orphan.sha256)
-    t.join(10)
-    assert done.is_set() and not blobs.has(orphan.sha256)
+    ctx = reg._ctx
+    with leases.writing(ctx):
+        orphan = ctx.blobs.put_bytes(b"bytes of a version whose rows are not committed yet")
+        res = reg.gc()
+        assert res.blobs_removed == 0 and ctx.blobs.has(orphan.sha256)
+    res = reg.gc()
+    assert res.blobs_removed == 1 and not ctx.blobs.has(orphan.sha256)
     assert reg.verify(ref="llama")[0].ok  # referenced blobs are kept
 
 

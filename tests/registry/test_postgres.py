@@ -1,56 +1,17 @@
-"""The registry on PostgreSQL (a shared team registry): a throwaway server on a unix socket."""
+"""The registry on PostgreSQL (a shared team registry): the session's server from
+tests/support/postgres.py, a fresh database per test, URLs as the README writes them."""
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import subprocess
-import tempfile
+import sys
 import threading
-from pathlib import Path
 
 import pytest
 
+
 pytestmark = pytest.mark.postgres
-
-
-def _bin(name: str) -> str | None:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return found[-1] if found else shutil.which(name)
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
-    missing = None if initdb and pg_ctl else "PostgreSQL server binaries (initdb, pg_ctl) are not installed"
-    try:
-        import psycopg2  # noqa: F401
-    except ImportError:
-        missing = missing or "psycopg2 is not installed (pip install -e '.[test]')"
-    if missing:
-        # A developer laptop without PostgreSQL may skip; CI, which has it, must never skip quietly.
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(missing)
-    root = Path(tempfile.mkdtemp(prefix="lorareg-pg-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses root
-        shutil.chown(root, "postgres")
-        shutil.chown(sock, "postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(as_postgres + [initdb, "-D", str(data), "-U", "lorareg", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True)
-    subprocess.run(as_postgres + [pg_ctl, "-D", str(data), "-w", "-l", str(root / "log"), "-o",
-                                  f"-k {sock} -c listen_addresses='' -c fsync=off", "start"],
-                   check=True, capture_output=True)
-    try:
-        subprocess.run([_bin("createdb"), "-h", str(sock), "-U", "lorareg", "registry"], check=True,
-                       capture_output=True)
-        yield f"postgresql+psycopg2://lorareg@/registry?host={sock}"
-    finally:
-        subprocess.run(as_postgres + [pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_registry_on_postgres(pg_url, tmp_path, llama, llama_lora):
@@ -129,7 +90,6 @@ def test_eight_writers_number_without_gaps_and_identical_content_is_one_version(
     ends as one version, and every process prints its ref.  (`add base` as the writer: it
     imports no torch, so the eight processes really do run at the same moment.)"""
     import json
-    import sys
 
     from tests.support.factories import make_llama
 
@@ -145,3 +105,36 @@ def test_eight_writers_number_without_gaps_and_identical_content_is_one_version(
     assert all(rc == 0 for rc, _, _ in results), [e for _, _, e in results]
     assert {json.loads(o)["ref"] for _, o, _ in results} == {"pg8-same@1"}
     assert sorted(json.loads(o)["existed"] for _, o, _ in results) == [False] + [True] * 7
+
+
+def test_readme_url_works_as_written_from_the_cli(pg_server, tmp_path, llama):
+    """`LORAREG_DATABASE_URL=postgresql://user@host:port/db`, exactly the README's form, in a real
+    `lorareg` process: before, SQLAlchemy 2.1 asked for psycopg 3 and the extra shipped psycopg2."""
+    url = f"postgresql://lorareg@127.0.0.1:{pg_server.port}/{pg_server.create_database()}"
+    env = {**os.environ, "LORAREG_DATABASE_URL": url, "LORAREG_HOME": str(tmp_path / "h")}
+    lorareg = [sys.executable, "-c", "from lorareg.cli.main import main; main()"]
+    add = subprocess.run(lorareg + ["add", "base", str(llama), "--name", "readme"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert add.returncode == 0, add.stderr
+    ls = subprocess.run(lorareg + ["ls"], env=env, capture_output=True, text=True, timeout=300)
+    assert ls.returncode == 0, ls.stderr
+    assert "readme" in ls.stdout
+    import psycopg  # the rows really are in that PostgreSQL database, written through psycopg 3
+
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT name, version FROM versions").fetchall() == [("readme", 1)]
+
+
+def test_missing_driver_names_the_extra(monkeypatch, tmp_path):
+    """Without psycopg installed: one line saying which extra to install, exit 1, nothing created."""
+    from tests.support.cli import run
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` now raises ModuleNotFoundError
+    for name in [m for m in sys.modules if m.startswith("sqlalchemy.dialects.postgresql.psycopg")]:
+        monkeypatch.delitem(sys.modules, name)  # so the dialect imports its driver afresh
+    monkeypatch.setenv("LORAREG_DATABASE_URL", "postgresql://lorareg@127.0.0.1:1/registry")
+    result = run("ls", ok=False)
+    assert result.exit_code == 1
+    assert result.output.splitlines()[:2] == ["Error: the database URL needs the psycopg driver, which is not installed",
+                                              "Hint: pip install 'lorareg[postgres]'"], result.output
+    assert "Traceback" not in result.output

@@ -182,53 +182,37 @@ def test_add_base_reads_each_byte_once_and_stores_it_in_that_read(reg, llama, mo
     assert reg.verify(ref=info.ref)[0].ok
 
 
-def test_writer_lock_is_held_from_the_first_blob_to_the_commit(reg, llama, llama_lora, monkeypatch):
-    """gc's exclusive lock cannot be taken while the digest pass writes blobs that no row
-    names yet; and the writer lock taken again by register_version does not deadlock with a
-    gc that is waiting meanwhile."""
-    import fcntl
-    import threading
-    import time
+def test_writer_lease_is_held_from_the_first_blob_to_the_commit(reg, llama, llama_lora, monkeypatch):
+    """While the digest pass writes blobs that no row names yet, they are pending under one
+    live lease (add's, shared by register_version), so a gc run then keeps them; once the
+    rows commit, the lease and its pending rows are gone."""
+    from sqlmodel import select
 
     import lorareg.store.digest as digest_mod
-    from lorareg.registry import locking
+    from lorareg.registry import models as m
+    from lorareg.registry.gc import referenced_blobs
 
-    lock_file = reg.location().blobs / ".lock"
+    ctx = reg._ctx
     real = digest_mod._store_file
-    blocked: list[bool] = []
-    waiting: list[threading.Thread] = []
-    collected = threading.Event()
+    seen: list[tuple[int, int, int]] = []
 
-    def gc_waits():
-        with locking.collecting(reg.location().blobs):
-            collected.set()
-
-    def checking(*args, **kwargs):
-        with open(lock_file, "a+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                blocked.append(False)
-                fcntl.flock(f, fcntl.LOCK_UN)
-            except BlockingIOError:
-                blocked.append(True)
-        if not waiting:  # a gc starts and waits for the writer
-            waiting.append(threading.Thread(target=gc_waits, daemon=True))
-            waiting[0].start()
-            time.sleep(0.3)
-            early.append(collected.is_set())
+    def gc_meanwhile(*args, **kwargs):
+        with ctx.session() as session:
+            lease_ids = session.exec(select(m.Lease.id)).all()
+            kept = set(session.exec(select(m.PendingBlob.sha256)).all()) | referenced_blobs(session)
+        stored = {h for h, _ in ctx.blobs.iter_blobs()}
+        removed = reg.gc().blobs_removed
+        seen.append((len(lease_ids), removed, len(stored - {h for h, _ in ctx.blobs.iter_blobs()})))
+        assert stored <= kept  # every blob stored so far is claimed, or named by a committed row
         return real(*args, **kwargs)
 
-    early: list[bool] = []
-    monkeypatch.setattr(digest_mod, "_store_file", checking)
-    adding = threading.Thread(target=lambda: reg.add_base(path=llama, name="llama"), daemon=True)
-    adding.start()
-    adding.join(timeout=120)
-    assert not adding.is_alive(), "add deadlocked against a waiting gc"
-    assert early == [False] and reg.get(ref="llama").ref == "llama@1"
-    waiting[0].join(timeout=30)
-    assert collected.is_set()  # the gc ran once the add had committed
+    monkeypatch.setattr(digest_mod, "_store_file", gc_meanwhile)
+    info = reg.add_base(path=llama, name="llama")
+    assert len(seen) >= 2 and all(s == (1, 0, 0) for s in seen)  # one lease; gc removed nothing
+    with ctx.session() as session:
+        assert session.exec(select(m.Lease)).all() == [] and session.exec(select(m.PendingBlob)).all() == []
+    assert info.ref == "llama@1" and reg.verify(ref="llama")[0].ok
     reg.add_adapter(path=llama_lora, base="llama", name="chat")
-    assert blocked and all(blocked)
 
 
 def test_reference_base_stores_no_file(reg, llama, tmp_path):

@@ -156,11 +156,8 @@ def test_rename_refusals(family):
     assert family.get(ref="chat").ref == "chat@1"
 
 
-from tests.registry.test_postgres import pg_url  # noqa: E402,F401  (the throwaway PostgreSQL server)
-
-
 @pytest.mark.postgres
-def test_query_rm_and_rename_on_postgres(pg_url, tmp_path, llama, llama_lora, llama_lora2):  # noqa: F811
+def test_query_rm_and_rename_on_postgres(pg_url, tmp_path, llama, llama_lora, llama_lora2):
     """The SQL behind ls --where/--sort (a regexp-guarded cast of params), rm and rename, on PostgreSQL."""
     from lorareg import Registry
 
