@@ -64,9 +64,13 @@ def _gc(ctx: Context, *, evict_refs: tuple[str, ...], merges_older_than_days: fl
                 events.record(session, "evict", ref=lookup.ref_of(row), version_id=row.id)
                 shutil.rmtree(ctx.home.version_dir(row.name, row.version), ignore_errors=True)
             session.commit()
+    # Listed before the lock (a bucket's listing can be long): a blob written since is not in
+    # the listing, and one a writer claimed since is in ``pending()``, read under the lock.
+    listed = list(ctx.blobs.iter_blobs())
     with leases.collecting(ctx, dry_run=dry_run) as collection:  # no writer claims a blob meanwhile
         session = collection.session
-        report = ctx.blobs.gc(referenced_blobs(session, without=without) | collection.pending(), dry_run=dry_run)
+        report = ctx.blobs.gc(referenced_blobs(session, without=without) | collection.pending(), dry_run=dry_run,
+                              listed=listed)
         if not dry_run:
             events.record(session, "gc", ref="*", evicted=list(evicted), blobs_removed=len(report.removed),
                           bytes_freed=report.bytes_freed, leases_expired=collection.leases_expired)

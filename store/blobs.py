@@ -355,12 +355,14 @@ class BlobStore:
                 bad.append(name)
         return bad
 
-    def gc(self, referenced: set[str], *, dry_run: bool = False) -> GcReport:
-        """Remove blobs not in ``referenced`` and the temp files of writers that are gone."""
+    def gc(self, referenced: set[str], *, dry_run: bool = False,
+           listed: list[tuple[str, int]] | None = None) -> GcReport:
+        """Remove blobs not in ``referenced`` (of ``listed``, a listing taken earlier, when given)
+        and the temp files of writers that are gone."""
         keep = {normalize_sha256(h) for h in referenced}
         removed: list[str] = []
         freed = 0
-        for hexdigest, size in list(self.iter_blobs()):
+        for hexdigest, size in list(self.iter_blobs()) if listed is None else listed:
             if hexdigest in keep:
                 continue
             removed.append(hexdigest)

@@ -320,14 +320,17 @@ class ObjectStore:
                 raise ObjectStoreError(f"could not delete {first.get('Key')}: {first.get('Code')}",
                                        hint="check the credentials' permissions on the bucket")
 
-    def abort_stale_uploads(self, older_than_s: float) -> int:
-        """Abort multipart uploads a killed writer left (they hold storage but no object)."""
+    def abort_stale_uploads(self, older_than_s: float, *, keep: set[str] = frozenset()) -> int:
+        """Abort multipart uploads a killed writer left (they hold storage but no object);
+        never one of a blob in ``keep`` (a live writer's: a long upload may outlast a lease)."""
         cutoff = time.time() - older_than_s
         resp = self._call("listing unfinished uploads", self.client.list_multipart_uploads,
                           Bucket=self.location.bucket, Prefix=self._blob_prefix)
         aborted = 0
+        prefix = self._blob_prefix
         for up in resp.get("Uploads", ()):
-            if up["Initiated"].timestamp() < cutoff:
+            rest = up["Key"][len(prefix):]
+            if up["Initiated"].timestamp() < cutoff and rest[:2] + rest[3:] not in keep:
                 self._call("aborting an unfinished upload", self.client.abort_multipart_upload,
                            Bucket=self.location.bucket, Key=up["Key"], UploadId=up["UploadId"])
                 aborted += 1

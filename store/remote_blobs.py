@@ -393,16 +393,20 @@ class RemoteBlobStore:
                     self.cache._unlink_blob(self.cache.path_for(h))  # gone from the team's store
         return bad
 
-    def gc(self, referenced: set[str], *, dry_run: bool = False) -> GcReport:
+    def gc(self, referenced: set[str], *, dry_run: bool = False,
+           listed: list[tuple[str, int]] | None = None) -> GcReport:
+        """Delete objects not in ``referenced`` (of ``listed``, a listing taken earlier, outside
+        the gc lock: a blob uploaded since is not in it, and one claimed since is in ``referenced``)."""
         keep = {normalize_sha256(h) for h in referenced}
-        doomed = [(h, size) for h, size in self.objects.iter_objects() if h not in keep]
+        listed = list(self.objects.iter_objects()) if listed is None else listed
+        doomed = [(h, size) for h, size in listed if h not in keep]
         if dry_run:
             return GcReport(removed=tuple(h for h, _ in doomed), bytes_freed=sum(s for _, s in doomed),
                             temp_files_removed=0)
         self.objects.delete(h for h, _ in doomed)
         for h, _ in doomed:
             self.cache._unlink_blob(self.cache.path_for(h))
-        aborted = self.objects.abort_stale_uploads(self.stale_upload_s)
+        aborted = self.objects.abort_stale_uploads(self.stale_upload_s, keep=keep)
         return GcReport(removed=tuple(h for h, _ in doomed), bytes_freed=sum(s for _, s in doomed),
                         temp_files_removed=aborted + self.cache.clean_temp())
 
