@@ -12,7 +12,28 @@ from lorareg.cli.common import json_option, utc_option
 from lorareg.cli.errors import LoraregGroup, quiet_broken_pipe
 
 
-@click.group(cls=LoraregGroup, context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(LoraregGroup):
+    """Commands are imported from their module when first asked for (COMMAND_MODULES below)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in COMMAND_MODULES:
+            import importlib
+
+            for command in importlib.import_module(f"lorareg.cli.{COMMAND_MODULES[name]}").COMMANDS:
+                self.add_command(command)
+        return self.commands.get(name)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand:  # "Did you mean ...?" from every name, not the loaded ones
+            raise click.exceptions.NoSuchCommand(args[0], possibilities=list(COMMAND_MODULES), ctx=ctx) from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", type=click.Path(file_okay=False), envvar="LORAREG_HOME",
               help="Registry folder (default ~/.lorareg, or LORAREG_HOME).")
 @click.option("--database-url", envvar="LORAREG_DATABASE_URL", help="SQLAlchemy URL of a shared registry database.")
@@ -41,25 +62,16 @@ def cli(ctx: click.Context, home: str | None, database_url: str | None, blobs: s
     ctx.ensure_object(dict).update(home=home, database_url=database_url, blobs=blobs)
 
 
-def _register() -> None:
-    from lorareg.cli import cmd_alias, cmd_hub, cmd_merge, cmd_registry, cmd_remove, cmd_show, cmd_tracking
-
-    for module in (cmd_registry, cmd_show, cmd_alias, cmd_merge, cmd_hub, cmd_tracking, cmd_remove):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-    from lorareg.cli import cmd_check  # check, config
-
-    for command in cmd_check.COMMANDS:
-        cli.add_command(command)
-    from lorareg.cli import cmd_cache  # cache ls, cache prune
-
-    for command in cmd_cache.COMMANDS:
-        cli.add_command(command)
-    from lorareg.cli.cmd_ui import ui  # its web stack is imported only when `lorareg ui` runs
-    cli.add_command(ui)
-
-
-_register()
+# Which module defines each command, so that a command imports its own module alone
+# (``lorareg ls`` never loads the merge options); tests/cli/test_packaging.py checks the map.
+COMMAND_MODULES = {
+    **dict.fromkeys(("init", "add", "ls", "verify", "log"), "cmd_registry"),
+    "show": "cmd_show", "alias": "cmd_alias",
+    **dict.fromkeys(("merge", "export", "rebuild", "rollback", "lineage", "diff", "gc"), "cmd_merge"),
+    "push": "cmd_hub", **dict.fromkeys(("tag", "untag", "metrics", "params"), "cmd_tracking"),
+    "rm": "cmd_remove", "rename": "cmd_remove", "check": "cmd_check", "config": "cmd_check",
+    "cache": "cmd_cache", "ui": "cmd_ui",
+}
 
 
 def main() -> None:

@@ -54,3 +54,22 @@ def test_ls_does_not_import_torch(tmp_path):
     env = {"LORAREG_HOME": str(tmp_path / "h"), "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert out.strip().splitlines()[-1] == "False"
+
+
+def test_a_command_imports_its_own_module_alone(tmp_path):
+    code = ("import sys; from lorareg.cli.main import cli\n"
+            "try:\n    cli(['ls'], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('lorareg.cli.cmd_', 'lorareg.merge'))))")
+    env = {"LORAREG_HOME": str(tmp_path / "h"), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip().splitlines()[-1] == "['lorareg.cli.cmd_registry']"
+
+
+def test_the_command_map_names_every_command_where_it_is_defined():
+    import importlib
+
+    from lorareg.cli.main import COMMAND_MODULES
+
+    defined = {c.name: module for module in set(COMMAND_MODULES.values())
+               for c in importlib.import_module(f"lorareg.cli.{module}").COMMANDS}
+    assert defined == COMMAND_MODULES
