@@ -9,9 +9,9 @@ each run times every step as its own process (a runner whose only child is the s
 peak RSS is the step's own):
 
   local_*   add base, add adapter, merge, export in one LORAREG_HOME (blobs in LORAREG_HOME/blobs)
-  floor_*   boto3 alone (s3transfer, 16 MB parts, 6 in flight, no extra checksums: lorareg's
-            settings): upload the base's files; download them to files; upload the merged
-            output's files (the local export's)
+  floor_*   boto3 alone (s3transfer's defaults: 8 MB parts, 10 in flight; no extra checksums):
+            upload the base's files; download them to files; upload the merged output's files
+            (the local export's)
   team_*    LORAREG_BLOBS=s3://BUCKET/PREFIX and one shared SQLite database: home A adds the base
             and the adapter, home B (a second machine: the base is not in its cache) merges
             and exports, reading the base with ranged requests
@@ -45,7 +45,6 @@ from bench.user_path import LOREG, SIZES, _warm, mvp
 
 HERE = Path(__file__).resolve().parent
 REGION = "us-east-1"
-PART, INFLIGHT = 16 << 20, 6  # store/objects.py's PART_SIZE and CONCURRENCY
 SCENARIOS = ("local", "team", "same")
 LOREG_STEPS = ("add_base", "add_adapter", "merge", "export")
 FLOORS = ("floor_up", "floor_down", "floor_up_merged")
@@ -118,7 +117,7 @@ def _client():
     from botocore.config import Config
 
     return boto3.client("s3", region_name=REGION, config=Config(
-        max_pool_connections=2 * INFLIGHT + 4, s3={"addressing_style": "path"},
+        max_pool_connections=24, s3={"addressing_style": "path"},
         request_checksum_calculation="when_required", response_checksum_validation="when_required"))
 
 
@@ -126,7 +125,7 @@ def floor(step: str, work: Path, run: int) -> None:
     from boto3.s3.transfer import TransferConfig
 
     s3, name = _client(), bucket("floor", run)
-    cfg = TransferConfig(multipart_threshold=2 * PART, multipart_chunksize=PART, max_concurrency=INFLIGHT)
+    cfg = TransferConfig()  # the library's own defaults: the floor does not depend on lorareg's choices
     if step == "floor_up":
         for p in sorted((work / "base").iterdir()):
             s3.upload_file(str(p), name, f"base/{p.name}", Config=cfg)

@@ -246,14 +246,22 @@ class ObjectStore:
         resp = self.client.get_object(Bucket=self.location.bucket, Key=key,
                                       Range=f"bytes={start}-{start + len(view) - 1}")
         body, got = resp["Body"], 0
+        # Straight into the caller's buffer (urllib3's readinto): no chunk objects, whose
+        # allocation across the reading threads' malloc arenas showed up as resident memory.
+        raw = getattr(body, "_raw_stream", None)
+        readinto = getattr(raw, "readinto", None)
         try:
             while got < len(view):
-                chunk = body.read(min(len(view) - got, 1 << 20))
-                if not chunk:
+                if readinto is not None:
+                    n = readinto(view[got:])
+                else:
+                    chunk = body.read(min(len(view) - got, 1 << 20))
+                    n = len(chunk)
+                    view[got:got + n] = chunk
+                if not n:
                     raise ObjectStoreError(f"object {key} ended {len(view) - got} bytes early",
                                            hint="the object is truncated: run lorareg verify --all")
-                view[got:got + len(chunk)] = chunk
-                got += len(chunk)
+                got += n
         finally:
             body.close()
 
