@@ -303,7 +303,8 @@ def gc(reg, evict, merges_older_than, dry_run, as_json) -> None:
             click.echo(f"  would evict {r} (its recipe would be kept; rebuilt when needed)")
         return
     click.echo(f"freed {render.human_size(res.bytes_freed)} ({res.blobs_removed} blobs, "
-               f"{res.temp_files_removed} temp files)")
+               f"{res.temp_files_removed} temp files)"
+               + (f"; cleared {res.leases_expired} expired writer lease(s)" if res.leases_expired else ""))
     for r in res.evicted:
         click.echo(f"  evicted {r} (recipe kept; rebuilt when needed)")
 

@@ -51,8 +51,10 @@ class Registry:
         """Open (creating if needed) the registry at ``home``; upgrades its schema to head.
 
         ``database_url`` (or ``LORAREG_DATABASE_URL``) puts the tables in another database,
-        e.g. PostgreSQL for a team; ``blobs`` (or ``LORAREG_BLOBS``) a blob folder the team
-        shares (default ``home/blobs``).  Version folders of links stay per ``home``."""
+        e.g. PostgreSQL for a team; ``blobs`` (or ``LORAREG_BLOBS``) the team's blob store:
+        ``s3://bucket/prefix`` (S3-compatible object storage, credentials from the standard AWS
+        settings, read through a cache in ``home/cache``) or a folder every machine mounts
+        (default ``home/blobs``).  Version folders of links stay per ``home``."""
         from lorareg.registry.context import Context
 
         return cls(context=Context.open(home=home, database_url=database_url, blobs=blobs))
