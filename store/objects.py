@@ -96,7 +96,12 @@ class ObjectStore:
         except ImportError:
             raise LoraregError("LORAREG_BLOBS=s3://... needs boto3",
                                hint="pip install 'lorareg[s3]'") from None
-        session = boto3.session.Session()
+        try:
+            session = boto3.session.Session()
+        except Exception as exc:  # AWS_PROFILE names a profile the config files lack
+            raise ObjectStoreError(f"cannot set up the S3 client: {type(exc).__name__}",
+                                   hint="check AWS_PROFILE and the AWS config files (~/.aws/config, ~/.aws/credentials)"
+                                   ) from None
         custom_endpoint = bool(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
         config = Config(
             retries={"max_attempts": 3, "mode": "standard"},

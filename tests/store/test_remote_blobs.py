@@ -209,3 +209,27 @@ def test_ranged_reads_with_read_ahead_return_the_files_bytes(s3_bucket, tmp_path
     f.seek(READ_PART - 5)  # and backwards, after the parts behind were dropped
     assert f.read(READ_PART + 10) == data[READ_PART - 5:2 * READ_PART + 5]
     f.close()
+
+
+def test_credentials_and_endpoint_come_from_an_aws_profile(s3_bucket, s3_server, tmp_path, monkeypatch):
+    """The standard AWS config files work as they do for every other tool: a named profile with
+    its keys, region and endpoint (``endpoint_url`` in ~/.aws/config)."""
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION"):
+        monkeypatch.delenv(var)
+    (tmp_path / "credentials").write_text(f"[team]\naws_access_key_id = {s3_server.access_key}\n"
+                                          f"aws_secret_access_key = {s3_server.secret_key}\n")
+    (tmp_path / "config").write_text(f"[profile team]\nregion = us-east-1\nendpoint_url = {s3_server.endpoint}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_PROFILE", "team")
+    store = _store(s3_bucket, tmp_path / "a")
+    blob = store.put_bytes(b"from a profile")
+    store.close()
+    assert _store(s3_bucket, tmp_path / "b").open(blob.sha256).read() == b"from a profile"
+    monkeypatch.setenv("AWS_PROFILE", "nobody")
+    with pytest.raises(ObjectStoreError, match="cannot set up the S3 client") as exc:
+        _store(s3_bucket, tmp_path / "c").has(blob.sha256)
+    assert "AWS_PROFILE" in exc.value.hint
+    monkeypatch.delenv("AWS_PROFILE")  # boto3's default session (the fixture's client) knows no profile
+    assert s3_server.client().get_object(Bucket=s3_bucket, Key=store.objects.key(blob.sha256))["Body"].read() == (
+        b"from a profile")
