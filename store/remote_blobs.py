@@ -274,7 +274,7 @@ class RemoteBlobStore:
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._upload_pool is None:
-            self._upload_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lorareg-upload")
+            self._upload_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorareg-upload")  # parts run in parallel
         return self._upload_pool
 
     def _upload_later(self, blob: StoredBlob) -> None:
