@@ -20,9 +20,13 @@ from lorareg.registry.results import AliasInfo, EventInfo
 def set_alias(ctx: Context, *, name: str, alias: str, version: int, action: str = "alias",
               message: str | None = None, require_check: bool | None = False) -> AliasInfo:
     """Point ``name@alias`` at ``version`` (recorded as an event, so history is kept)."""
+    from lorareg.registry.db import writer_session
+
     check_alias(alias)
-    with ctx.session() as session:
-        row = lookup.resolve(session, f"{check_name(name)}@{int(version)}")
+    # Serialised with every other writer of ``name``: two processes moving the same alias must
+    # not both find it absent and both insert it (seen on PostgreSQL in the team campaign).
+    with writer_session(ctx.db, check_name(name)) as session:
+        row = lookup.resolve(session, f"{name}@{int(version)}")
         # the release gate (``alias set --require-check``, or the registry's require-check setting
         # when None); ``rollback --to`` keeps the default False: going back is never blocked
         require_check_gate(session, row, require=require_check, action=f"alias set {name} {alias}")
@@ -47,7 +51,9 @@ def rollback_alias(ctx: Context, *, name: str, to: int, alias: str, message: str
 
 
 def remove_alias(ctx: Context, *, name: str, alias: str) -> None:
-    with ctx.session() as session:
+    from lorareg.registry.db import writer_session
+
+    with writer_session(ctx.db, check_name(name)) as session:
         existing = session.get(m.Alias, (check_name(name), check_alias(alias)))
         if existing is None:
             raise NotFoundError(f"{name} has no alias {alias!r}", hint=f"see its aliases with: lorareg alias ls {name}")

@@ -71,9 +71,11 @@ def all_settings(ctx: Context) -> dict[str, str]:
 
 
 def set_setting(ctx: Context, *, key: str, value: str) -> str:
+    from lorareg.registry.db import writer_session
+
     setting = _known(key)
     text = setting.parse(str(value))
-    with ctx.session() as session:
+    with writer_session(ctx.db, "~settings") as session:  # serialised: two setters never both insert
         row = session.get(m.Setting, key)
         before = row.value if row is not None else None
         if row is None:

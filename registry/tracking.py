@@ -18,8 +18,17 @@ from lorareg.registry.results import MetricPoint, SearchHit, Tracked, VersionInf
 from lorareg.registry.version_info import version_infos
 
 
+def _upserting(ctx: Context):
+    """A session for insert-or-update of params and tags, serialised with the other writers
+    of them: two processes (say, two ranks of a training job) setting the same key must not
+    both find it absent and both insert it.  ``~`` cannot start a version name."""
+    from lorareg.registry.db import writer_session
+
+    return writer_session(ctx.db, "~tracking")
+
+
 def log_params(ctx: Context, *, ref: str, params: Mapping[str, Any]) -> None:
-    with ctx.session() as session:
+    with _upserting(ctx) as session:
         row = lookup.resolve(session, ref)
         for k, v in params.items():
             p = session.get(m.Param, (row.id, str(k))) or m.Param(version_id=row.id, key=str(k), value_json="")
@@ -40,7 +49,7 @@ def log_metrics(ctx: Context, *, ref: str, metrics: Mapping[str, float], step: i
 
 
 def set_tags(ctx: Context, *, ref: str, tags: Mapping[str, str]) -> None:
-    with ctx.session() as session:
+    with _upserting(ctx) as session:
         row = lookup.resolve(session, ref)
         for k, v in tags.items():
             t = session.get(m.Tag, (row.id, str(k))) or m.Tag(version_id=row.id, key=str(k))

@@ -58,6 +58,37 @@ def test_concurrent_writers_get_distinct_versions(pg_url, tmp_path):
         assert sorted(v.version for v in reg.ls(name="race")) == [1, 2, 3, 4]
 
 
+def test_concurrent_upserts_of_one_key_all_succeed(pg_url, tmp_path, llama):
+    """Aliases, tags, params and settings set at once by several processes' connections:
+    none may find the key absent and then collide on insert (UniqueViolation)."""
+    from lorareg import Registry
+
+    with Registry.open(home=tmp_path / "h", database_url=pg_url) as reg:
+        reg.add_base(path=llama, name="llama")
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def race(i: int) -> None:
+        try:
+            with Registry.open(home=tmp_path / "h", database_url=pg_url) as reg:
+                barrier.wait()
+                reg.set_alias(name="llama", alias="prod", version=1)
+                reg.set_tags(ref="llama@1", tags={"stage": f"s{i}"})
+                reg.log_params(ref="llama@1", params={"lr": i})
+                reg.set_setting(key="require-check", value=bool(i % 2))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    with Registry.open(home=tmp_path / "h", database_url=pg_url) as reg:
+        assert reg.get(ref="llama@prod").ref == "llama@1"
+
+
 def test_team_registry_shares_rows_and_blobs(pg_url, tmp_path, llama, llama_lora):
     """Two machines: one PostgreSQL database, one shared blob folder, a LORAREG_HOME each."""
     from transformers import AutoModelForCausalLM
