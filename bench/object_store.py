@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.user_path import LOREG, SIZES, _warm, mvp
+from bench.user_path import LOREG, SIZES, _warm, prepare_inputs
 
 HERE = Path(__file__).resolve().parent
 REGION = "us-east-1"
@@ -244,16 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     from tests.support.seaweed import SeaweedServer
 
     spec = SIZES[args.size]
-    stamp = work / "spec.json"
-    if work.exists() and any(work.iterdir()) and not stamp.exists():
-        raise SystemExit(f"{work} is not empty and not a benchmark work dir; pass a new or empty --workdir")
-    if not (stamp.exists() and json.loads(stamp.read_text()) == spec):
-        shutil.rmtree(work, ignore_errors=True)
-        t0 = time.perf_counter()
-        mvp.generate_base(work / "base", spec)
-        mvp.generate_adapter(work / "adapter", work / "base", spec)
-        stamp.write_text(json.dumps(spec))
-        print(f"generated base + adapter in {time.perf_counter() - t0:.0f} s under {work}", flush=True)
+    prepare_inputs(work, spec)
     base_bytes = sum(p.stat().st_size for p in (work / "base").iterdir())
     base_blobs = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (work / "base").glob("*.safetensors")}
 

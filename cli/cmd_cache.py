@@ -14,14 +14,7 @@ from lorareg.cli.render import Column
 
 
 def binary_size(n: int | None) -> str:
-    if n is None:
-        return "no limit"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
+    return render.human_size(n, binary=True, none="no limit")
 
 
 COLUMNS = [

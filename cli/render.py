@@ -35,14 +35,16 @@ class Column:
 
 
 # -- values -------------------------------------------------------------------------------------
-def human_size(n: int | None) -> str:
+def human_size(n: int | None, *, binary: bool = False, none: str = "-") -> str:
+    """Decimal units (as files are listed); ``binary``: KiB, MiB, ... (as LORAREG_CACHE_MAX is read)."""
     if n is None:
-        return "-"
+        return none
+    step, units = (1024, ("B", "KiB", "MiB", "GiB", "TiB")) if binary else (1000, ("B", "KB", "MB", "GB", "TB"))
     size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
+    for unit in units:
+        if size < step or unit == units[-1]:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
+        size /= step
     return f"{n} B"
 
 
