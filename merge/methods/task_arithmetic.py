@@ -33,11 +33,15 @@ def magnitude_pruned(tensor: Tensor, density: float) -> Tensor:
     return tensor * _magnitude_mask(tensor, density).to(tensor.dtype)
 
 
-def _magnitude_mask(tensor: Tensor, density: float) -> Tensor:
+def _magnitude_mask(tensor: Tensor, density: float, *, scratch: Tensor | None = None) -> Tensor:
     """The entries magnitude pruning keeps, as a bool mask shaped like ``tensor`` (top-k is
-    over the whole tensor, so this needs all of it at once)."""
+    over the whole tensor, so this needs all of it at once).  ``scratch``, a tensor of the same
+    shape and dtype that is free until the mask is made, holds the magnitudes instead of a new one."""
+    import torch
+
     k = int(density * tensor.numel())
-    return _top_k_mask(tensor.abs().reshape(-1), k).reshape(tensor.shape)
+    magnitudes = torch.abs(tensor, out=scratch) if scratch is not None else tensor.abs()
+    return _top_k_mask(magnitudes.reshape(-1), k).reshape(tensor.shape)
 
 
 def _top_k_mask(magnitudes: Tensor, k: int) -> Tensor:
@@ -53,15 +57,14 @@ def _top_k_mask(magnitudes: Tensor, k: int) -> Tensor:
     if k <= 0:
         return torch.zeros_like(magnitudes, dtype=torch.bool)
     threshold = _kth_largest(magnitudes, k)
-    above = magnitudes > threshold
-    n_above = int(torch.count_nonzero(above))  # not .sum(): that makes an int64 copy of the mask
     if threshold == 0:
-        return above
-    at = magnitudes == threshold
-    if n_above + int(torch.count_nonzero(at)) == k:
-        above |= at
-        return above
-    del above, at
+        return magnitudes > threshold
+    # One bool temporary, not two (">" and "=="): the entries at or above the threshold are
+    # topk's exactly when there are k of them; otherwise ties at the threshold, and topk decides.
+    kept = magnitudes >= threshold
+    if int(torch.count_nonzero(kept)) == k:  # not .sum(): that makes an int64 copy of the mask
+        return kept
+    del kept
     mask = torch.zeros_like(magnitudes, dtype=torch.bool)
     mask[torch.topk(magnitudes, k=k, largest=True).indices] = True
     return mask
@@ -157,18 +160,19 @@ def generalized_task_arithmetic(
                       majority_sign_method=majority_sign_method, generator=generator)
     rows = shape[0]
     step = max(1, _BLOCK_ELEMENTS // max(1, deltas[0][0].numel()))
+    # peft builds weights with torch.tensor(list) (float32) and views them as (n, 1, ..., 1).
+    w = torch.tensor(list(weights), dtype=torch.float32)
+    w = w.view(w.shape + (1,) * len(shape))
+    out = torch.empty(shape, dtype=torch.result_type(deltas[0], w))
     masks: list[Tensor | None] = []
     for d in deltas:  # adapter by adapter, as peft prunes them (the random draws' order)
         if density >= 1:
             masks.append(None)
         elif prune == "magnitude":
-            masks.append(_magnitude_mask(d, density))
+            # The output is not written before the masks are made: it holds each delta's magnitudes.
+            masks.append(_magnitude_mask(d, density, scratch=out if out.dtype == d.dtype else None))
         else:
             masks.append(_random_mask(d, density, generator=generator, step=step))
-    # peft builds weights with torch.tensor(list) (float32) and views them as (n, 1, ..., 1).
-    w = torch.tensor(list(weights), dtype=torch.float32)
-    w = w.view(w.shape + (1,) * len(shape))
-    out = torch.empty(shape, dtype=torch.result_type(deltas[0], w))
     for s in range(0, rows, step):
         pruned = []
         for d, mask in zip(deltas, masks):
