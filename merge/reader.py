@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from lorareg.errors import CheckpointError, NotFoundError, PickleRefusedError
 from lorareg.store.pickles import is_pickle
-from lorareg.store.remote_blobs import blob_exists, open_blob_file
+from lorareg.store.ranged import blob_exists, open_blob_file
 from lorareg.store.safetensors_header import read_header
 
 if TYPE_CHECKING:

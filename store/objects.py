@@ -24,20 +24,15 @@ from urllib.parse import urlsplit
 
 from lorareg.errors import LoraregError, ObjectStoreError
 
-__all__ = ["ObjectStore", "is_object_url", "parse_object_url"]
+__all__ = ["ObjectStore", "parse_object_url"]
 
 PART_SIZE = 8 * 1024 * 1024  # multipart part and download part (S3's minimum part is 5 MB)
 MAX_PARTS = 10_000  # S3's limit: a larger file gets larger parts
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 CONCURRENCY = 4  # parts in flight: memory is about CONCURRENCY x PART_SIZE per transfer
 READ_PART = 8 * 1024 * 1024  # ranged reads are fetched in parts this size
-SCHEMES = ("s3://",)
 
 Progress = Callable[[int], None] | None
-
-
-def is_object_url(value: str | os.PathLike[str] | None) -> bool:
-    return isinstance(value, str) and value.startswith(SCHEMES)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ whether it comes from a local file (``add``, a merge's output) or from the objec
 cache never serves bytes that do not match their name.  Version folders link into the cache; a
 link whose blob was evicted dangles until the next command that needs the folder fetches it
 again.  A merge need not fetch its base at all: a dangling weight link is read with ranged
-requests (``open_blob_file``), one tensor at a time, into the reader's own buffer.
+requests (``store/ranged.py``), one tensor at a time, into the reader's own buffer.
 
 Bytes reach the object store only after a blob is complete and hashed in the cache, under its
 final key (atomic on S3), after the registry has claimed it (``claim``); uploads run in the
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,17 +25,15 @@ from typing import BinaryIO, Callable
 
 from lorareg.errors import IntegrityError, LoraregError, NotFoundError
 from lorareg.store.blobs import BlobStore, BlobWriter, GcReport, StoredBlob, normalize_sha256
-from lorareg.store.objects import READ_PART, ObjectStore
+from lorareg.store.objects import ObjectStore
+from lorareg.store.ranged import RangedFile, register_cache
 
-__all__ = ["CachedBlob", "RemoteBlobStore", "blob_exists", "open_blob_file", "parse_size"]
+__all__ = ["CachedBlob", "RemoteBlobStore", "parse_size"]
 
 Progress = Callable[[int], None] | None
 DEFAULT_CACHE_MAX = "100G"
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
-# Open remote stores by the real path of their cache's objects folder, so that a reader that
-# meets a dangling link into a cache (merge/reader.py) can read the blob from its store.
-_BY_CACHE: dict[str, "RemoteBlobStore"] = {}
 
 
 def parse_size(text: str, *, name: str = "LORAREG_CACHE_MAX") -> int:
@@ -58,84 +56,6 @@ class CachedBlob:
     last_used: float  # seconds since the epoch
 
 
-class RangedFile:
-    """A read-only, seekable file over one object, read with ranged requests.
-
-    Readers here go through a file in order (a merge reads its base tensor by tensor), so
-    after each read the next READ_AHEAD parts are fetched in the background while the caller
-    computes: the object store's latency overlaps the arithmetic, as the kernel's read-ahead
-    does for a local file.  What a read finds prefetched is copied; the rest is fetched in
-    parallel parts straight into the caller's buffer.  Memory: READ_AHEAD x READ_PART."""
-
-    READ_AHEAD = 4
-
-    def __init__(self, store: "RemoteBlobStore", hexdigest: str, size: int) -> None:
-        self._store, self._hex, self.size, self._pos = store, hexdigest, size, 0
-        self.name = f"{store.objects.url}/{store.objects.key(hexdigest)}"
-        self._ahead: dict[int, Future[bytearray]] = {}  # part index -> its bytes
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def _fetch(self, index: int) -> bytearray:
-        start = index * READ_PART
-        buf = bytearray(min(READ_PART, self.size - start))
-        self._store.objects.read_range(self._hex, start, memoryview(buf))
-        return buf
-
-    def readinto(self, buf: bytearray | memoryview) -> int:
-        view = memoryview(buf).cast("B")
-        start = self._pos
-        n = max(0, min(len(view), self.size - start))
-        if not n:
-            return 0
-        end = start + n
-        direct: list[tuple[int, int]] = []  # [from, to) not prefetched: fetched into ``view`` itself
-        for index in range(start // READ_PART, (end - 1) // READ_PART + 1):
-            lo, hi = max(start, index * READ_PART), min(end, (index + 1) * READ_PART)
-            part = self._ahead.get(index)
-            if part is None:
-                if direct and direct[-1][1] == lo:
-                    direct[-1] = (direct[-1][0], hi)
-                else:
-                    direct.append((lo, hi))
-                continue
-            data = part.result()
-            view[lo - start:hi - start] = data[lo - index * READ_PART:hi - index * READ_PART]
-        for lo, hi in direct:
-            self._store.objects.read_range(self._hex, lo, view[lo - start:hi - start], pool=self._store.read_pool)
-        for index in [i for i in self._ahead if (i + 1) * READ_PART <= end]:
-            del self._ahead[index]  # wholly behind us
-        first = end // READ_PART
-        for index in range(first, min(first + self.READ_AHEAD, -(-self.size // READ_PART))):
-            if index not in self._ahead:
-                self._ahead[index] = self._store.read_pool.submit(self._fetch, index)
-        self._pos = end
-        return n
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.size - self._pos if n is None or n < 0 else n
-        buf = bytearray(max(0, min(n, self.size - self._pos)))
-        got = self.readinto(buf)
-        return bytes(buf[:got])
-
-    def close(self) -> None:
-        for part in self._ahead.values():
-            part.cancel()
-        self._ahead.clear()
-
-    def __enter__(self) -> "RangedFile":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 class RemoteBlobStore:
     def __init__(self, url: str, cache_root: Path, *, cache_max: int | None = None,
                  stale_upload_s: float = 3600.0) -> None:
@@ -148,7 +68,7 @@ class RemoteBlobStore:
         self._uploads_lock = threading.Lock()
         self._upload_pool: ThreadPoolExecutor | None = None
         self._read_pool: ThreadPoolExecutor | None = None
-        _BY_CACHE[os.path.realpath(self.cache.objects)] = self
+        register_cache(self.cache.objects, self)  # dangling links into this cache read from this store
 
     def __repr__(self) -> str:
         return f"RemoteBlobStore({self.objects.url!r}, cache={str(self.cache.root)!r})"
@@ -184,9 +104,6 @@ class RemoteBlobStore:
                 return True
         return self.objects.size(hexdigest) is not None
 
-    def size_of(self, hexes: Iterable[str]) -> int:
-        return sum(self.objects.size(h) or 0 for h in {normalize_sha256(x) for x in hexes})
-
     def iter_blobs(self) -> Iterator[tuple[str, int]]:
         return self.objects.iter_objects()
 
@@ -202,7 +119,7 @@ class RemoteBlobStore:
         size = self.objects.size(hexdigest)
         if size is None:
             raise self._missing(hexdigest)
-        return RangedFile(self, hexdigest, size)  # type: ignore[return-value]
+        return RangedFile(self.objects, self.read_pool, hexdigest, size)  # type: ignore[return-value]
 
     def ensure_local(self, sha256_hex: str, *, progress: Progress = None) -> Path:
         """The cached copy's path, fetched (and hashed as it enters the cache) when absent."""
@@ -420,35 +337,3 @@ def _touch(path: Path) -> None:
         os.utime(path, None)
     except OSError:
         pass  # a cache on a read-only mount: eviction order is then by arrival
-
-
-def _remote_for(path: Path) -> tuple[RemoteBlobStore, str] | None:
-    target = Path(os.path.realpath(path))
-    for root, store in _BY_CACHE.items():
-        try:
-            rel = target.relative_to(root)
-        except ValueError:
-            continue
-        if len(rel.parts) == 2:
-            return store, rel.parts[0] + rel.parts[1]
-    return None
-
-
-def open_blob_file(path: Path) -> BinaryIO:
-    """Open a file for reading; a link to a blob this machine has not fetched is read from
-    its object store with ranged requests instead (no local copy is made)."""
-    try:
-        return open(path, "rb", buffering=0)
-    except FileNotFoundError:
-        found = _remote_for(path)
-        if found is None:
-            raise
-        store, hexdigest = found
-        return store.open_ranged(hexdigest)
-
-
-def blob_exists(path: Path) -> bool:
-    """``path.is_file()``, true also for a link to a blob that only the object store holds."""
-    if Path(path).is_file():
-        return True
-    return Path(path).is_symlink() and _remote_for(path) is not None

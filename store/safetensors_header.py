@@ -90,7 +90,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 def read_header(path: Path) -> SafetensorsHeader:
     """Parse ``path``'s header and check every tensor's dtype, shape and byte range."""
-    from lorareg.store.remote_blobs import open_blob_file  # a link to a blob may be read from its object store
+    from lorareg.store.ranged import open_blob_file  # a link to a blob may be read from its object store
 
     path = Path(path)
     try:

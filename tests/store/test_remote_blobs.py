@@ -11,7 +11,8 @@ import pytest
 
 from lorareg.errors import IntegrityError, NotFoundError, ObjectStoreError
 from lorareg.store.objects import MULTIPART_THRESHOLD, PART_SIZE
-from lorareg.store.remote_blobs import RemoteBlobStore, blob_exists, open_blob_file, parse_size
+from lorareg.store.ranged import blob_exists, open_blob_file
+from lorareg.store.remote_blobs import RemoteBlobStore, parse_size
 
 
 def _store(bucket: str, root: Path, **kw) -> RemoteBlobStore:
