@@ -73,6 +73,15 @@ def reg(lorareg_home):
 
 
 @pytest.fixture
+def seeded(reg, llama, llama_lora, llama_lora2):
+    """``reg`` holding llama@1 and two adapters trained on it, chat@1 and code@1."""
+    reg.add_base(path=llama, name="llama")
+    reg.add_adapter(path=llama_lora, base="llama", name="chat")
+    reg.add_adapter(path=llama_lora2, base="llama", name="code")
+    return reg
+
+
+@pytest.fixture
 def hub(monkeypatch, tmp_path):
     """A running server; HF_ENDPOINT points at it, no token is found unless a test sets one."""
     from huggingface_hub import constants

@@ -17,14 +17,6 @@ from lorareg.merge.behaviour import FACTOR
 SMALL = {"samples": 2}  # tiny models: two drawn sequences are plenty, and keep the suite fast
 
 
-@pytest.fixture
-def seeded(reg, llama, llama_lora, llama_lora2):
-    reg.add_base(path=llama, name="llama")
-    reg.add_adapter(path=llama_lora, base="llama", name="chat")
-    reg.add_adapter(path=llama_lora2, base="llama", name="code")
-    return reg
-
-
 def _check_events(reg, ref: str) -> list:
     return [e for e in reg.log(ref=ref) if e.action == "check"]
 

@@ -21,36 +21,15 @@ from pathlib import Path
 import pytest
 
 from lorareg import Registry
+from tests.support import killed_writer
 from tests.support.hub_state import ALICE
 
 SEED = 20261130
-CHILD = r"""
-import json, sys, time
-from lorareg import Registry
-args = json.loads(sys.argv[1])
-reg = Registry.open()
-slow = lambda *a: time.sleep(args.get("pause", 0.02))
-print("ready", flush=True)
-sys.stdin.readline()
-op = args["op"]
-if op == "add_base":
-    reg.add_base(path=args["path"], name=args["name"], progress=slow)
-elif op == "add_adapter":
-    reg.add_adapter(path=args["path"], base="llama", name=args["name"], progress=slow)
-elif op == "merge":
-    reg.merge(base="llama", adapters=[f"chat:{args['weight']}"], name="m", keep=args.get("keep", "files"), progress=slow)
-elif op == "rebuild":
-    reg.rebuild(ref="kept@1", keep_files=True, progress=slow)
-elif op == "export":
-    reg.export(ref="kept@1", dest=args["dest"], progress=slow)
-elif op == "push":
-    reg.push(ref="kept@1", repo="alice/crash")
-print("done", flush=True)
-"""
+CHILD = str(Path(killed_writer.__file__))  # the writer the kills land in
 
 
 def _start(op: dict, env: dict) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(op)], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, CHILD, json.dumps(op)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
     return proc

@@ -14,14 +14,6 @@ from lorareg.cli.main import cli
 from lorareg.errors import IncompatibleAdapterError, LoraregError
 
 
-@pytest.fixture
-def seeded(reg, llama, llama_lora, llama_lora2):
-    reg.add_base(path=llama, name="llama")
-    reg.add_adapter(path=llama_lora, base="llama", name="chat")
-    reg.add_adapter(path=llama_lora2, base="llama", name="code")
-    return reg
-
-
 def _peft_merged(base, adapter):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -12,7 +12,6 @@ What is checked is read from the real things: rows with psycopg, objects with bo
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import signal
@@ -24,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.team import LORAREG, Team, team  # noqa: F401  (fixture)
+from tests.support import killed_writer
+from tests.support.team import Team, team  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.postgres
 
@@ -157,27 +157,7 @@ def test_eight_processes_mixed_add_merge_alias_gc(seeded, models, capsys):
 # ---------------------------------------------------------------------------------------------
 # (b) kill -9 at random points during add / merge / push
 
-KILLED = r"""
-import json, sys, time
-args = json.loads(sys.argv[1])
-if args["op"] in ("merge", "push"):
-    import torch  # noqa: F401  (so the kill points fall inside the work, not in this import)
-from lorareg import Registry
-reg = Registry.open()
-slow = lambda *a: time.sleep(0.02)
-print("ready", flush=True)
-sys.stdin.readline()
-op = args["op"]
-if op == "add_base":
-    reg.add_base(path=args["path"], name=args["name"], progress=slow)
-elif op == "add_adapter":
-    reg.add_adapter(path=args["path"], base="llama", name=args["name"], progress=slow)
-elif op == "merge":
-    reg.merge(base="llama", adapters=[f"chat:{args['weight']}"], name="killed", progress=slow)
-elif op == "push":
-    reg.push(ref=args["ref"], repo=args["repo"])
-print("done", flush=True)
-"""
+KILLED = str(Path(killed_writer.__file__))  # the writer the kills land in
 
 # The other machine, all along: every version it lists must verify (its files re-hashed
 # through its own cache, fetched from the bucket) and open; one line per version checked.
@@ -205,7 +185,7 @@ with Registry.open() as reg:
 
 
 def _start_killed(op: dict, env: dict) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", KILLED, json.dumps(op)], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, KILLED, json.dumps(op)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline().strip()
     assert line == "ready", proc.stderr.read()
@@ -227,6 +207,7 @@ def test_kill_9_at_random_points_leaves_no_row_without_objects_and_no_orphan(see
     def start(i: int) -> subprocess.Popen:
         name = ops[i]
         op = {"op": name, "name": f"k{i}", "weight": round(0.05 + i / 50, 3), "ref": "chat@1",
+              "merge_name": "killed", "import_torch": name in ("merge", "push"),
               "repo": f"alice/killed-{i}",
               "path": str(models["bases"][i % 3] if name == "add_base" else models["adapters"][i % 3])}
         # push reads the version from the bucket: a machine ("p") whose cache is empty.
@@ -234,7 +215,7 @@ def test_kill_9_at_random_points_leaves_no_row_without_objects_and_no_orphan(see
         if name == "push":
             shutil.rmtree(team.home("p") / "cache", ignore_errors=True)
         team.home(machine).mkdir(exist_ok=True)
-        return subprocess.Popen([sys.executable, "-c", KILLED, json.dumps(op)], stdin=subprocess.PIPE,
+        return subprocess.Popen([sys.executable, KILLED, json.dumps(op)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=team.env(machine, **hub_env))
 
