@@ -65,6 +65,10 @@ class RemoteBlobStore:
         self.stale_upload_s = stale_upload_s
         self.claim: Callable[[str], None] | None = None
         self._uploads: dict[str, Future[None]] = {}
+        # Blobs this process put in the bucket or saw there: ``has`` needs no request for them
+        # (registering a version links every file it just uploaded).
+        self._in_bucket: set[str] = set()
+        self._grew = False  # this command added to the cache: prune it at the end
         self._uploads_lock = threading.Lock()
         self._upload_pool: ThreadPoolExecutor | None = None
         self._read_pool: ThreadPoolExecutor | None = None
@@ -100,7 +104,7 @@ class RemoteBlobStore:
         """In the object store: the team's copy is the one that counts."""
         hexdigest = normalize_sha256(sha256_hex)
         with self._uploads_lock:
-            if hexdigest in self._uploads:
+            if hexdigest in self._uploads or hexdigest in self._in_bucket:
                 return True
         return self.objects.size(hexdigest) is not None
 
@@ -136,6 +140,7 @@ class RemoteBlobStore:
             if w._hash.hexdigest() != hexdigest:
                 raise IntegrityError(f"object {self.objects.key(hexdigest)} in {self.url} is corrupt: "
                                      f"its bytes hash to {w._hash.hexdigest()}", hint="run: lorareg verify --all")
+        self._grew = True
         return w.result.path
 
     def _missing(self, hexdigest: str) -> NotFoundError:
@@ -156,6 +161,9 @@ class RemoteBlobStore:
         self._claim(blob.sha256)
         if self.objects.size(blob.sha256) != blob.size:
             self.objects.put_bytes(data, blob.sha256)
+        with self._uploads_lock:
+            self._in_bucket.add(blob.sha256)
+        self._grew = True
         return blob
 
     @contextmanager
@@ -195,6 +203,7 @@ class RemoteBlobStore:
         return self._upload_pool
 
     def _upload_later(self, blob: StoredBlob) -> None:
+        self._grew = True
         self._claim(blob.sha256)  # before the object store is asked whether it has the blob
         with self._uploads_lock:
             if blob.sha256 in self._uploads:
@@ -212,13 +221,17 @@ class RemoteBlobStore:
             pending = dict(self._uploads)
         first: BaseException | None = None
         for hexdigest, future in pending.items():
+            ok = False
             try:
                 future.result()
+                ok = True
             except BaseException as exc:  # noqa: BLE001 - re-raised below, after the others ended
                 first = first or exc
             with self._uploads_lock:
                 if self._uploads.get(hexdigest) is future:
                     del self._uploads[hexdigest]
+                    if ok:
+                        self._in_bucket.add(hexdigest)
         if first is not None:
             raise first
 
@@ -264,7 +277,7 @@ class RemoteBlobStore:
         except Exception:  # noqa: BLE001 - a command that registered anything flushed before its commit;
             pass  # these are the uploads of one that failed, which has said why already
         finally:
-            if self.cache_max is not None:
+            if self.cache_max is not None and self._grew:  # a command that only read rows walks no cache
                 self.prune()
             for pool in (self._upload_pool, self._read_pool):
                 if pool is not None:
@@ -322,6 +335,7 @@ class RemoteBlobStore:
                             temp_files_removed=0)
         self.objects.delete(h for h, _ in doomed)
         for h, _ in doomed:
+            self._in_bucket.discard(h)
             self.cache._unlink_blob(self.cache.path_for(h))
         aborted = self.objects.abort_stale_uploads(self.stale_upload_s, keep=keep)
         return GcReport(removed=tuple(h for h, _ in doomed), bytes_freed=sum(s for _, s in doomed),
