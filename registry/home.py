@@ -30,7 +30,8 @@ class Home:
             from lorareg.store.objects import parse_object_url
 
             return cls(root, blob_url=str(parse_object_url(text)))
-        if "://" in text:
+        # "gs://...", or an s3 URL mistyped ("s3:/b", "s3//b", "S3://b"): never a folder made by accident.
+        if "://" in text or text.lower().startswith(("s3:", "s3/")):
             raise LoraregError(f"LORAREG_BLOBS={text!r} is neither a folder nor an s3:// URL",
                                hint="set LORAREG_BLOBS (or --blobs) to a folder path or to s3://BUCKET/PREFIX")
         folder = Path(text).expanduser().resolve()

@@ -84,7 +84,7 @@ def test_object_store_problem_is_one_line_and_writes_nothing(case, s3_bucket, s3
 
 
 @pytest.mark.parametrize("value", ["gs://bucket/p", "ftp://host/p", "FILE", "s3://", "s3:///p",
-                                   "s3://AKIA:secret@bucket/p"])
+                                   "s3://AKIA:secret@bucket/p", "s3:/bucket/p", "s3//bucket/p", "S3://bucket/p"])
 def test_blobs_that_is_neither_a_folder_nor_s3_is_one_line(value, lorareg_home, tmp_path, llama):
     if value == "FILE":
         value = str(tmp_path / "a-file")
