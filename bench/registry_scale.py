@@ -1,7 +1,7 @@
 """How the registry commands a user runs scale with the number of versions: ``lorareg ls`` (on a
-terminal, and piped with ``--limit 50``), ``show``, ``lineage`` (up from a merge, down from an
-adapter and from the base) and ``log -n 50``, each as its own process, on registries of 10,
-1,000 and 100,000 versions.
+terminal, piped with ``--limit 50``, and the page after a cursor deep in the list), ``show``,
+``lineage`` (up from a merge, down from an adapter and from the base) and ``log -n 50``, each as
+its own process, on registries of 10, 1,000 and 100,000 versions.
 
     .venv/bin/python -m bench.registry_scale [--sizes 10,1000,100000] [--repeat 5] [--workdir bench/_work/scale]
 
@@ -13,12 +13,14 @@ How the registries are made (cheaply, in the registry's own tables):
   SQLAlchemy Core INSERTs of copies of a00000's rows (artifacts, versions, adapters, files,
   metrics, tags, events) under new names b000000..., trained on the same base.
 
-``ls`` on a terminal runs under a pseudo-terminal (what a user sees: one page since issue 16);
-piped ``ls`` without ``--limit`` prints every row by design (scripts), so it is timed only on
-the 10 and 1,000 registries.  ``lineage llama --down`` draws every version made from the base
-(all of them here): its output grows with the registry by nature, and is reported as such.
-Prints min/median/max wall time in ms per command and size, and the 100k/10 and 1k/10 ratios
-of the medians."""
+``ls`` on a terminal runs under a pseudo-terminal (what a user sees: one page and the "N more:
+lorareg ls --after REF" line); ``ls --after {deep}`` is the page after a version half way down
+the list (a00002@1 in the 10, b<middle> in the others).  Piped ``ls`` without ``--limit`` prints
+every row by design (scripts), so it is timed only on the 10 and 1,000 registries.
+``lineage llama --down`` draws the newest 20 versions made from the base and says how many more
+(all of them here); ``--all`` would draw every one and grows with the registry by nature.
+Prints min/median/max wall time in ms per command and size, the 1k/10 and 100k/10 ratios of
+the medians, and the growth from 1,000 to 100,000 (100k/1k)."""
 
 from __future__ import annotations
 
@@ -37,11 +39,13 @@ COMMANDS = [  # (label, args, on a terminal)
     ("ls (terminal)", ["ls"], True),
     ("ls --limit 50 (piped)", ["ls", "--limit", "50"], False),
     ("ls --json --limit 50", ["--json", "ls", "--limit", "50"], False),
+    ("ls --after (deep)", ["ls", "--after", "{deep}"], True),
     ("show m0", ["show", "m0"], False),
     ("show a00003", ["show", "a00003"], False),
     ("lineage m0", ["lineage", "m0"], False),
     ("lineage a00000 --down", ["lineage", "a00000", "--down"], False),
     ("lineage llama --down", ["lineage", "llama", "--down"], False),
+    ("lineage llama --down --json", ["--json", "lineage", "llama", "--down"], False),
     ("log -n 50", ["log", "-n", "50"], False),
     ("log a00003", ["log", "a00003"], False),
     ("ls (piped, every row)", ["ls"], False),
@@ -61,6 +65,11 @@ def build_ten(home: Path, work: Path) -> None:
             reg.add_adapter(path=adapter, base="llama", name=f"a{i:05d}")
         reg.merge(base="llama", adapters=["a00000", ("a00001", 0.5)], name="m0")
         reg.merge(base="llama", adapters=["a00002", ("a00003", 0.5)], name="m1")
+
+
+def deep_ref(size: int) -> str:
+    """A version half way down ``ls``'s newest-first list: grown names run b000000... (see grow)."""
+    return "a00002@1" if size <= 10 else f"b{(size - 11) // 2:06d}@1"
 
 
 def run_once(home: Path, args: list[str], terminal: bool, timeout: float = 600) -> float:
@@ -128,6 +137,7 @@ def main() -> None:
         for label, cmd, terminal in COMMANDS:
             if label in SMALL_ONLY and size > 1000:
                 continue
+            cmd = [a.format(deep=deep_ref(size)) for a in cmd]
             if run_once(home, cmd, terminal, args.timeout) == float("inf"):  # warm; past the timeout: once is enough
                 results[size][label] = [float("inf")]
             else:
@@ -135,8 +145,10 @@ def main() -> None:
                                         for _ in range(args.repeat)]
             print(f"  {size:,} {label}: {min(results[size][label]):.0f} ms", flush=True)
     print(f"\nwall time per command, ms: min/median/max of {args.repeat} runs (each its own process)")
-    print(f"{'command':24} " + " ".join(f"{f'{s:,} versions':>20}" for s in sizes) +
-          "".join(f" {f'{s // 1000}k/10' if s >= 1000 else f'{s}/10':>8}" for s in sizes if s != 10))
+    growth = 1000 in sizes and sizes[-1] > 1000  # 1,000 -> the largest
+    print(f"{'command':28} " + " ".join(f"{f'{s:,} versions':>20}" for s in sizes) +
+          "".join(f" {f'{s // 1000}k/10' if s >= 1000 else f'{s}/10':>8}" for s in sizes if s != 10) +
+          (f" {f'{sizes[-1] // 1000}k/1k':>8}" if growth else ""))
     for label, _, _ in COMMANDS:
         cells, med = [], {}
         for s in sizes:
@@ -148,7 +160,9 @@ def main() -> None:
             cells.append(f"{f'{min(runs):.0f}/{med[s]:.0f}/{max(runs):.0f}':>20}")
         ratios = "".join(f" {med[s] / med[10]:8.2f}" if s in med and 10 in med else f" {'-':>8}"
                          for s in sizes if s != 10)
-        print(f"{label:24} " + " ".join(cells) + ratios)
+        if growth:
+            ratios += f" {med[sizes[-1]] / med[1000]:8.2f}" if sizes[-1] in med and 1000 in med else f" {'-':>8}"
+        print(f"{label:28} " + " ".join(cells) + ratios)
 
 
 if __name__ == "__main__":

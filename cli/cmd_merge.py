@@ -219,24 +219,44 @@ def rollback(reg, ref, adapter, to, alias_name, strategy, message, as_json) -> N
         render.key_values("subtraction vs an exact rebuild", describe.deviation_pairs(dev))
 
 
+LINEAGE_CHILDREN = 20  # --down: versions drawn under each one, newest first, unless --limit/--all
+LINEAGE_NODES = 200  # --down: versions drawn in all (the web view's lineage page draws as many)
+
+
 @click.command()
 @click.argument("ref", shell_complete=complete_ref())
 @click.option("--down", is_flag=True, help="Show what was derived from REF instead.")
+@click.option("-n", "--limit", type=click.IntRange(min=1),
+              help=f"With --down: at most this many versions under each one, newest first "
+                   f"(default {LINEAGE_CHILDREN}; {LINEAGE_NODES} in all).")
+@click.option("--all", "all_", is_flag=True, help="With --down: every version made from REF, however many.")
 @json_option
 @with_registry
-def lineage(reg, ref, down, as_json) -> None:
+def lineage(reg, ref, down, limit, all_, as_json) -> None:
     """Draw where REF came from (or, with --down, what came from it).
+
+    What REF came from is always drawn whole.  What came from it can be a whole registry (a
+    base with 100,000 adapters): --down draws the newest versions under each one and a line
+    saying how many more there are; --json holds the same page, with "more" counting what
+    was left out under each ref.
 
     \b
     Examples:
       lorareg lineage assistant@3
       lorareg lineage llama --down
+      lorareg lineage llama --down --limit 100
+      lorareg --json lineage llama --down --all | jq -r '.nodes[].ref'
     """
-    g = reg.lineage(ref=ref, down=down)
+    if all_ and limit:
+        raise click.UsageError("--all draws every version; --limit draws a page: give one of them")
+    if all_ or not down:
+        g = reg.lineage(ref=ref, down=down)
+    else:
+        g = reg.lineage(ref=ref, down=True, per_node=limit or LINEAGE_CHILDREN, max_nodes=LINEAGE_NODES)
     if as_json:
         render.print_json(g.to_dict())
         return
-    render.tree(g)
+    render.tree(g, more=lambda r, n: f"… and {n:,} more (all: lorareg lineage {r} --down --all)")
 
 
 @click.command()

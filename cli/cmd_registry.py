@@ -198,23 +198,29 @@ LS_PAGE = 50  # versions on a terminal page
 @click.option("--pushed", is_flag=True, help="Show where each version lives on the Hub.")
 @click.option("-n", "--limit", type=click.IntRange(min=1),
               help=f"At most this many versions (on a terminal: {LS_PAGE} unless given).")
-@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many versions first (the next page).")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many versions first.")
+@click.option("--after", metavar="REF", shell_complete=complete_ref(),
+              help="The versions registered before REF, newest first (REF: the last one of the previous page). "
+                   "Stays exact at any depth while versions are added; not with --sort KEY (use --offset).")
 @json_option
 @utc_option
 @with_registry
 def ls(reg, kind: str | None, name: str | None, where: tuple[str, ...], tags: tuple[str, ...], sort: str | None,
-       desc: bool, removed: bool, pushed: bool, limit: int | None, offset: int, as_json: bool) -> None:
+       desc: bool, removed: bool, pushed: bool, limit: int | None, offset: int, after: str | None,
+       as_json: bool) -> None:
     """List registered versions: on a terminal a page of the newest first; piped or with --json,
     every version (bases, then adapters, then merges) unless --limit is given.
 
     On a terminal the table fits the window: refs are never cut; columns are dropped or
-    folded instead, and a last line says how many more there are and how to see them.
+    folded instead, and a last line says how many more there are and how to see them
+    (newest first: --after the last ref shown; sorted by a key: --offset).
     Piped, every column is printed as plain text.
 
     \b
     Examples:
       lorareg ls
-      lorareg ls --offset 50                  # the next page
+      lorareg ls --after chat@3               # the next page: what was registered before chat@3
+      lorareg ls --offset 50                  # or by position
       lorareg ls merges --sort eval_loss
       lorareg ls --where "eval_loss<0.5" --tag stage=candidate --sort eval_loss
       lorareg --json ls adapters | jq -r '.[].ref'
@@ -223,11 +229,11 @@ def ls(reg, kind: str | None, name: str | None, where: tuple[str, ...], tags: tu
     paged = render.is_terminal() and not as_json  # what a person reads: a page, newest first
     if paged and limit is None:
         limit = LS_PAGE
-    if paged and not sort:
+    if (paged or after) and not sort:
         sort = "-created"
     filters = dict(kind=KIND_ARG.get(kind) if kind else None, name=name, where=where, tags=_tag_filters(tags),
                    removed=removed)
-    hits = reg.query(**filters, sort=sort, descending=desc, limit=limit, offset=offset)
+    hits = reg.query(**filters, sort=sort, descending=desc, limit=limit, offset=offset, after=after)
     pushes: dict[str, list] = {}
     for p in reg.pushes() if pushed else ():
         pushes.setdefault(p.ref, []).append(p)
@@ -243,8 +249,10 @@ def ls(reg, kind: str | None, name: str | None, where: tuple[str, ...], tags: tu
         render.print_json(out)
         return
     if not hits:
-        if offset:
-            click.echo(f"no versions from offset {offset} on ({reg.count(**filters)} match)", err=True)
+        if offset or after:
+            where_from = " and ".join(x for x in (f"older than {after}" if after else "",
+                                                 f"from offset {offset} on" if offset else "") if x)
+            click.echo(f"no versions {where_from} ({reg.count(**filters)} match)", err=True)
             return
         _say_nothing_matched(reg, kind=kind, name=name, filtered=bool(where or tags))
         return
@@ -259,20 +267,26 @@ def ls(reg, kind: str | None, name: str | None, where: tuple[str, ...], tags: tu
     rows = [[text(h) for _, text in columns] for h in hits]
     render.table(None, [c for c, _ in columns], rows)
     if paged and len(hits) == limit:
-        more = reg.count(**filters) - offset - len(hits)
+        newest_first = sort == "-created" or (sort == "created" and desc)
+        last = hits[-1].ref
+        more = reg.count(**filters, after=last) if newest_first else reg.count(**filters) - offset - len(hits)
         if more > 0:
-            click.echo(f"{more} more: {_ls_again(kind, name, where, tags, sort, desc, removed, pushed, limit, offset)}")
+            nxt = ["--after", last] if newest_first else ["--offset", str(offset + limit)]
+            click.echo(f"{more} more: {_ls_again(kind, name, where, tags, sort, desc, removed, pushed, limit, nxt)}")
 
 
-def _ls_again(kind, name, where, tags, sort, desc, removed, pushed, limit, offset) -> str:
-    """The ``lorareg ls`` that shows the next page: the same filters, the next offset."""
+def _ls_again(kind, name, where, tags, sort, desc, removed, pushed, limit, nxt: list[str]) -> str:
+    """The ``lorareg ls`` that shows the next page: the same filters, then ``nxt`` (a cursor
+    past the last ref shown when newest first, which stays exact while versions are added; else
+    the next offset)."""
     import shlex
 
     words = ["lorareg", "ls"] + ([kind] if kind else []) + (["--name", name] if name else [])
     words += [w for expr in where for w in ("--where", expr)] + [w for t in tags for w in ("--tag", t)]
-    words += (["--sort", sort] if sort and sort != "-created" else []) + (["--desc"] if desc else [])
+    newest_first = sort == "-created" or (sort == "created" and desc)
+    words += (["--sort", sort] if sort and not newest_first else []) + (["--desc"] if desc and not newest_first else [])
     words += (["--removed"] if removed else []) + (["--pushed"] if pushed else [])
-    words += (["--limit", str(limit)] if limit != LS_PAGE else []) + ["--offset", str(offset + limit)]
+    words += (["--limit", str(limit)] if limit != LS_PAGE else []) + nxt
     return shlex.join(words)
 
 

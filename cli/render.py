@@ -224,8 +224,10 @@ def heading(text: str) -> None:
         click.echo(text)
 
 
-def tree(graph) -> None:
-    """A lineage graph as a rich Tree (plain indented text when piped)."""
+def tree(graph, more=None) -> None:
+    """A lineage graph as a rich Tree (plain indented text when piped); ``more(ref, n)``: the
+    line under a version whose ``n`` further links were left out (``graph.more``)."""
+    left_out = getattr(graph, "more", None) or {}
     children: dict[str, list] = {}
     for e in graph.edges:
         key = e.src if graph.direction == "up" else e.dst
@@ -258,6 +260,8 @@ def tree(graph) -> None:
                 child = node.add(escape(label(other, e)))
                 if not loop:
                     build(child, other, seen | {other})
+            if more and left_out.get(ref):
+                node.add(escape(more(ref, left_out[ref])), style="dim")
 
         build(root, graph.root, frozenset({graph.root}))
         _console().print(root)
@@ -269,7 +273,9 @@ def tree(graph) -> None:
                 click.echo("  " * depth + "- " + label(other, e))
                 if not loop:
                     emit(other, depth + 1, seen | {other})
+            if more and left_out.get(ref):
+                click.echo("  " * depth + more(ref, left_out[ref]))
 
         emit(graph.root, 1, frozenset({graph.root}))
-    if getattr(graph, "truncated", False):
+    if getattr(graph, "truncated", False) and not (more and left_out):
         click.echo("(more versions are linked than shown)")

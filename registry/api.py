@@ -117,18 +117,19 @@ class Registry:
         return get(self._ctx, ref=ref)
 
     def ls(self, *, kind: Kind | None = None, name: str | None = None, limit: int | None = None,
-           offset: int = 0) -> list[VersionInfo]:
-        """Versions (of one kind, or one name), without their file lists; ``limit``/``offset`` page them."""
+           offset: int = 0, after: str | None = None) -> list[VersionInfo]:
+        """Versions (of one kind, or one name), without their file lists; ``limit``/``offset`` page them;
+        ``after`` (a ref, the last one of the previous page): the versions registered before it, newest first."""
         from lorareg.registry.listing import ls
 
-        return ls(self._ctx, kind=kind, name=name, limit=limit, offset=offset)
+        return ls(self._ctx, kind=kind, name=name, limit=limit, offset=offset, after=after)
 
     def count(self, *, kind: Kind | None = None, name: str | None = None, where: Sequence[str] = (),
-              tags: Mapping[str, str | None] | None = None, removed: bool = False) -> int:
-        """How many versions ``ls`` (or ``query``) with the same filters would list without a limit."""
+              tags: Mapping[str, str | None] | None = None, removed: bool = False, after: str | None = None) -> int:
+        """How many versions ``ls`` (or ``query``) with the same filters would list without a limit (past ``after``)."""
         from lorareg.registry.listing import count
 
-        return count(self._ctx, kind=kind, name=name, where=tuple(where), tags=tags, removed=removed)
+        return count(self._ctx, kind=kind, name=name, where=tuple(where), tags=tags, removed=removed, after=after)
 
     def browse(self, *, kind: Kind | None = None, name: str | None = None, contains: str | None = None,
                tags: Mapping[str, str | None] | None = None, alias: str | None = None, order_by: str | None = None,
@@ -148,14 +149,16 @@ class Registry:
 
     def query(self, *, kind: Kind | None = None, name: str | None = None, where: Sequence[str] = (),
               tags: Mapping[str, str | None] | None = None, sort: str | None = None, descending: bool = False,
-              removed: bool = False, limit: int | None = None, offset: int = 0) -> list[QueryHit]:
+              removed: bool = False, limit: int | None = None, offset: int = 0, after: str | None = None
+              ) -> list[QueryHit]:
         """Versions matching every ``where`` comparison (``"eval_loss<0.5"``, ``"param.lr>=1e-4"``)
         and tag (``None``: any value), sorted by a metric, a param, ``created``, ``name`` or ``size``
-        (``"-KEY"``: largest first); ``removed`` lists removed versions too."""
+        (``"-KEY"``: largest first); ``removed`` lists removed versions too; ``after`` (a ref): the
+        matching versions registered before it, newest first (a cursor; refused with another sort)."""
         from lorareg.registry.listing import query
 
         return query(self._ctx, kind=kind, name=name, where=tuple(where), tags=tags, sort=sort,
-                     descending=descending, removed=removed, limit=limit, offset=offset)
+                     descending=descending, removed=removed, limit=limit, offset=offset, after=after)
 
     def ref_candidates(self, *, prefix: str = "", kind: Kind | None = None) -> list[str]:
         """Names (or after ``NAME@``, that name's versions and aliases) starting with ``prefix``: shell completion."""
@@ -291,12 +294,14 @@ class Registry:
 
         return rollback_alias(self._ctx, name=name, to=to, alias=alias, message=message)
 
-    def lineage(self, *, ref: str, down: bool = False, max_nodes: int | None = None) -> Lineage:
+    def lineage(self, *, ref: str, down: bool = False, max_nodes: int | None = None,
+                per_node: int | None = None) -> Lineage:
         """The graph of what ``ref`` was made from (or, with ``down``, what was made from it);
-        ``max_nodes`` keeps the nearest that many versions (``truncated`` then says so)."""
+        ``max_nodes`` keeps the nearest that many versions (``truncated`` then says so); down,
+        ``per_node`` the newest that many made from each one (``more`` counts what was left out)."""
         from lorareg.registry.lineage import lineage
 
-        return lineage(self._ctx, ref=ref, down=down, max_nodes=max_nodes)
+        return lineage(self._ctx, ref=ref, down=down, max_nodes=max_nodes, per_node=per_node)
 
     def diff(self, *, a: str, b: str) -> DiffResult:
         """Recipe differences, and tensor differences when both versions have their files."""

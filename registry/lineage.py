@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from sqlalchemy import func
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
@@ -73,29 +74,43 @@ def _up_edges(session: Session, level: list[m.Version]) -> dict[int, list[tuple[
     return out
 
 
-def _down_edges(session: Session, level: list[m.Version], limit: int | None = None
-                ) -> dict[int, list[tuple[Edge, m.Version]]]:
+def _down_edges(session: Session, level: list[m.Version], limit: int | None = None, *, newest: bool = False
+                ) -> tuple[dict[int, list[tuple[Edge, m.Version]]], dict[int, int]]:
     """What was made from each version of ``level``: merges on it, merges of it, adapters trained
     on it, versions whose parent it is, each joined to the child's row.  ``limit`` caps the rows
     read per version and kind of edge (a base that 100,000 adapters were trained on must not load
-    them all to draw 200): then it is a query per version, a bounded number since at most
-    ``limit`` versions are expanded; without it, one query per kind of edge for the whole level."""
+    them all to draw 20): then it is a query per version, a bounded number since at most
+    ``limit`` versions are expanded, and ``newest`` reads each kind newest first (the highest
+    child ids, read backwards along the link's index) and keeps the newest ``limit`` of all kinds.
+    Without a limit, one query per kind of edge for the whole level.
+
+    Also returns, per version, how many edges lead down from it in all (only where a limit may
+    have cut some: one grouped count per kind for the whole level)."""
     child = aliased(m.Version)
-    kinds = [  # (the link joined to the child's row, the column naming what it was made from, the edge)
+    kinds = [  # (the link joined to the child's row, the column naming what it was made from, the child's id, the edge)
         (select(m.Merge, child).join(child, child.id == m.Merge.version_id).order_by(m.Merge.version_id),
-         m.Merge.base_version_id, "base"),
+         m.Merge.base_version_id, m.Merge.version_id, "base"),
         (select(m.MergeInput, child).join(child, child.id == m.MergeInput.merge_version_id)
-         .order_by(m.MergeInput.merge_version_id), m.MergeInput.adapter_version_id, "adapter"),
+         .order_by(m.MergeInput.merge_version_id), m.MergeInput.adapter_version_id, m.MergeInput.merge_version_id,
+         "adapter"),
         (select(m.Adapter, child).join(child, child.id == m.Adapter.version_id).order_by(m.Adapter.version_id),
-         m.Adapter.base_version_id, "trained_on"),
-        (select(child).order_by(child.id), child.parent_id, "parent"),  # the child is its own link
+         m.Adapter.base_version_id, m.Adapter.version_id, "trained_on"),
+        (select(child).order_by(child.id), child.parent_id, child.id, "parent"),  # the child is its own link
     ]
     found: dict[tuple[int, str], list] = {}
-    for q, column, what in kinds:
+    full: dict[str, list[int]] = {}  # per kind, the versions whose query came back with ``limit`` rows
+    for q, column, child_id, what in kinds:
         if limit is None:
             pairs = _in(session, q, column, [v.id for v in level])
         else:
-            pairs = [p for v in level for p in session.exec(q.where(column == v.id).limit(limit)).all()]
+            if newest:
+                q = q.order_by(None).order_by(child_id.desc())
+            pairs = []
+            for v in level:
+                got = session.exec(q.where(column == v.id).limit(limit)).all()
+                pairs += got
+                if len(got) == limit:
+                    full.setdefault(what, []).append(v.id)
         for pair in pairs:
             link, row = (pair, pair) if what == "parent" else pair
             found.setdefault((getattr(link, column.key), what), []).append((link, row))
@@ -103,28 +118,46 @@ def _down_edges(session: Session, level: list[m.Version], limit: int | None = No
     for v in level:
         edges = out.setdefault(v.id, [])
         ref = lookup.ref_of(v)
-        for _, _, what in kinds:
+        for _, _, _, what in kinds:
             for link, row in found.get((v.id, what), ()):
                 if what == "adapter":
                     edges.append((Edge(lookup.ref_of(row), ref, "adapter", link.weight, link.position), row))
                 else:
                     edges.append((Edge(lookup.ref_of(row), ref, what), row))
-    return out
+        if newest and limit is not None:
+            edges.sort(key=lambda pair: pair[1].id, reverse=True)
+            del edges[limit:]
+    totals: dict[int, int] = {}
+    if limit is not None:
+        for _, column, _, what in kinds:
+            counted = dict(_in(session, select(column, func.count()).group_by(column), column, full.get(what, [])))
+            for v in level:
+                totals[v.id] = totals.get(v.id, 0) + counted.get(v.id, len(found.get((v.id, what), ())))
+    return out, totals
 
 
-def lineage(ctx: Context, *, ref: str, down: bool = False, max_nodes: int | None = None) -> Lineage:
+def lineage(ctx: Context, *, ref: str, down: bool = False, max_nodes: int | None = None,
+            per_node: int | None = None) -> Lineage:
     """Breadth first from ``ref``, a level at a time (a few queries per level, not per version);
     with ``max_nodes``, the nearest that many versions and the edges between them (``truncated``
-    says more exist)."""
+    says more exist).  Down, ``per_node`` keeps the newest that many versions made from each one,
+    and ``more`` says, per version, how many edges down from it were left out (by either bound),
+    so a base with 100,000 adapters costs a page, not the registry."""
+    limit = per_node if max_nodes is None else (max_nodes if per_node is None else min(per_node, max_nodes))
     with ctx.session() as session:
         root = lookup.resolve(session, ref, removed_ok=True)
         order: dict[int, m.Version] = {root.id: root}  # the nodes, in the order they are reached
         edges: list[Edge] = []
+        more: dict[str, int] = {}
         level, truncated = [root], False
         while level:
-            steps = _down_edges(session, level, max_nodes) if down else _up_edges(session, level)
+            if down:
+                steps, totals = _down_edges(session, level, limit, newest=per_node is not None)
+            else:
+                steps, totals = _up_edges(session, level), {}
             following = []
             for v in level:
+                shown = 0
                 for edge, other in steps[v.id]:
                     if other.id not in order:
                         if max_nodes is not None and len(order) >= max_nodes:
@@ -133,10 +166,14 @@ def lineage(ctx: Context, *, ref: str, down: bool = False, max_nodes: int | None
                         order[other.id] = other
                         following.append(other)
                     edges.append(edge)
+                    shown += 1
+                if totals.get(v.id, 0) > shown:
+                    more[lookup.ref_of(v)] = totals[v.id] - shown
             level = following
         nodes = _nodes(session, list(order.values()))
         return Lineage(root=lookup.ref_of(root), direction="down" if down else "up",
-                       nodes=tuple(nodes[i] for i in order), edges=tuple(edges), truncated=truncated)
+                       nodes=tuple(nodes[i] for i in order), edges=tuple(edges), truncated=truncated or bool(more),
+                       more=more)
 
 
 def _layout(session: Session, row: m.Version) -> str:

@@ -34,25 +34,37 @@ def _check_kind(kind: str | None) -> None:
 
 
 def ls(ctx: Context, *, kind: str | None = None, name: str | None = None, limit: int | None = None,
-       offset: int = 0) -> list[VersionInfo]:
+       offset: int = 0, after: str | None = None) -> list[VersionInfo]:
     _check_kind(kind)
     with ctx.session() as session:
         rows = lookup.versions(session, kind=kind, name=check_name(name) if name else None, limit=limit,
-                               offset=offset)
+                               offset=offset, after=_cursor(session, after))
         return version_infos(session, ctx.home, rows)
 
 
+def _cursor(session: Session, after: str | None) -> m.Version | None:
+    """The row a cursor names.  A cursor is a version's ref, not an opaque token: a person can
+    read it and write it, and it stays valid for good, since a version's number is never reused
+    and a removed one keeps its row (hence ``removed_ok``).  Paging by it is a keyset on
+    (created_at, id): each page is an index seek however deep, and versions registered between
+    pages are newer, so they land before the cursor and never shift or repeat a later page."""
+    return None if after is None else lookup.resolve(session, after, removed_ok=True)
+
+
 def count(ctx: Context, *, kind: str | None = None, name: str | None = None, where: Sequence[str] = (),
-          tags: Mapping[str, str | None] | None = None, removed: bool = False) -> int:
-    """How many versions ``ls`` (``query``) with the same filters lists without a limit."""
+          tags: Mapping[str, str | None] | None = None, removed: bool = False, after: str | None = None) -> int:
+    """How many versions ``ls`` (``query``) with the same filters lists without a limit (past the
+    cursor ``after``: how many are older than it)."""
     _check_kind(kind)
     with ctx.session() as session:
+        cursor = _cursor(session, after)
         if not where and not tags:
             return lookup.count_versions(session, kind=kind, name=check_name(name) if name else None,
-                                         removed=removed)
+                                         removed=removed, after=cursor)
         _, conditions = _judged(session, where)
-        return session.exec(_narrowed(select(func.count()).select_from(m.Version), conditions, kind=kind,
-                                      name=name, tags=tags, removed=removed)).one()
+        q = _narrowed(select(func.count()).select_from(m.Version), conditions, kind=kind, name=name, tags=tags,
+                      removed=removed)
+        return session.exec(q if cursor is None else q.where(lookup.older_than(cursor))).one()
 
 
 def log(ctx: Context, *, ref: str | None = None, limit: int = 50) -> list[EventInfo]:
@@ -190,13 +202,21 @@ class _Key:
 
 def query(ctx: Context, *, kind: str | None = None, name: str | None = None, where: Sequence[str] = (),
           tags: Mapping[str, str | None] | None = None, sort: str | None = None, descending: bool = False,
-          removed: bool = False, limit: int | None = None, offset: int = 0) -> list[QueryHit]:
+          removed: bool = False, limit: int | None = None, offset: int = 0, after: str | None = None
+          ) -> list[QueryHit]:
     """Versions matching every ``where`` comparison (``eval_loss<0.5``, ``param.lr>=1e-4``,
     ``optim=adamw``) and tag (``None``: any value), sorted by a metric, a param, ``created``,
     ``name`` or ``size`` (``-KEY`` or ``descending``: largest first; versions without it last).
-    Filtering and sorting happen in the database; each hit carries the values it was judged by."""
+    Filtering and sorting happen in the database; each hit carries the values it was judged by.
+
+    ``after`` (a ref) lists, newest first, the matching versions registered before that one: a
+    cursor is a place in registration order, so it holds under any filter, while a sort by
+    another key (whose values change as metrics are logged) is refused: page those by offset."""
     _check_kind(kind)
     with ctx.session() as session:
+        cursor = _cursor(session, after)
+        if cursor is not None:
+            sort, descending = _newest_first_only(sort, descending)
         shown, conditions = _judged(session, where)
         order, sort_key = _order(session, sort, descending)
         if sort_key is not None:
@@ -204,6 +224,8 @@ def query(ctx: Context, *, kind: str | None = None, name: str | None = None, whe
         labels = list(shown)
         q = _narrowed(select(m.Version, *[expr for _, expr in shown.values()]), conditions, kind=kind, name=name,
                       tags=tags, removed=removed)
+        if cursor is not None:
+            q = q.where(lookup.older_than(cursor))
         q = q.order_by(*order, lookup.kind_order(), m.Version.name, m.Version.version).offset(offset)
         found = session.exec(q if limit is None else q.limit(limit)).all()
         pairs = [(row, values) for row, *values in (found if labels else [(r,) for r in found])]
@@ -211,6 +233,14 @@ def query(ctx: Context, *, kind: str | None = None, name: str | None = None, whe
         return [QueryHit(ref=lookup.ref_of(row), info=info,
                          values={label: _decoded(shown[label][0], v) for label, v in zip(labels, values)})
                 for (row, values), info in zip(pairs, infos)]
+
+
+def _newest_first_only(sort: str | None, descending: bool) -> tuple[str, bool]:
+    if sort in (None, "-created") or (sort == "created" and descending):
+        return "-created", False
+    raise LoraregError(f"a cursor (--after) pages newest first; it cannot follow --sort {sort}"
+                       f"{' --desc' if descending else ''}",
+                       hint=f"page that order with --offset, e.g. lorareg ls --sort {sort} --offset 50")
 
 
 def _judged(session: Session, where: Sequence[str]) -> tuple[dict[str, tuple[_Key, Any]], list]:
@@ -305,6 +335,8 @@ def _order(session: Session, sort: str | None, descending: bool):
     def way(col):
         return col.desc() if descending else col.asc()
 
+    if sort == "created":  # then id: the order a cursor (``after``) pages in, ties included
+        return [way(m.Version.created_at), way(m.Version.id)], None
     if sort in _SORTS:
         return [way(getattr(m.Version, _SORTS[sort]))], None
     key = _key(session, sort)

@@ -124,17 +124,36 @@ def listed(q, *, kind: str | None, name: str | None, removed: bool = False):
     return q
 
 
+def newest_first() -> list:
+    """SQL: the order ``ls`` pages in on a terminal and past a cursor: registration time, then id
+    (two versions registered in the same microsecond still have one order)."""
+    return [m.Version.created_at.desc(), m.Version.id.desc()]
+
+
+def older_than(row: m.Version):
+    """SQL: the versions after ``row`` in ``newest_first`` order, the keyset a cursor (``ls
+    --after REF``) pages by.  A range on ix_versions_listed's first column (the created_at <= part)
+    plus a filter, rather than a row-value comparison, so SQLite and PostgreSQL both seek."""
+    return (m.Version.created_at <= row.created_at) & (
+        (m.Version.created_at < row.created_at) | (m.Version.id < row.id))
+
+
 def versions(session: Session, *, kind: str | None = None, name: str | None = None, limit: int | None = None,
-             offset: int = 0, removed: bool = False) -> list[m.Version]:
+             offset: int = 0, removed: bool = False, after: m.Version | None = None) -> list[m.Version]:
+    """What ``ls`` lists in kind, name, version order; past a cursor row (``after``), newest first."""
     q = listed(select(m.Version), kind=kind, name=name, removed=removed)
-    q = q.order_by(kind_order(), m.Version.name, m.Version.version).offset(offset)
+    if after is not None:
+        q = q.where(older_than(after)).order_by(*newest_first())
+    else:
+        q = q.order_by(kind_order(), m.Version.name, m.Version.version)
+    q = q.offset(offset)
     return list(session.exec(q if limit is None else q.limit(limit)).all())
 
 
 def count_versions(session: Session, *, kind: str | None = None, name: str | None = None,
-                   removed: bool = False) -> int:
-    return session.exec(listed(select(func.count()).select_from(m.Version), kind=kind, name=name,
-                                  removed=removed)).one()
+                   removed: bool = False, after: m.Version | None = None) -> int:
+    q = listed(select(func.count()).select_from(m.Version), kind=kind, name=name, removed=removed)
+    return session.exec(q if after is None else q.where(older_than(after))).one()
 
 
 # Ids per ``IN (...)`` list when rows are read for many versions at once: well under SQLite's

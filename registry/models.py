@@ -30,7 +30,9 @@ class Artifact(SQLModel, table=True):
 
 class Version(SQLModel, table=True):
     __tablename__ = "versions"
-    __table_args__ = (UniqueConstraint("name", "version", name="uq_versions_name_version"),)
+    # ls: a page newest first, and how many are left, from the index alone (migration 0008)
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_versions_name_version"),
+                      Index("ix_versions_listed", "created_at", "removed_at", "kind"))
 
     id: Optional[int] = Field(default=None, primary_key=True)
     name: str = Field(foreign_key="artifacts.name", index=True, max_length=128)
@@ -48,7 +50,7 @@ class Version(SQLModel, table=True):
     stored: bool = True  # bytes live in the blob store (False: reference, or recipe only)
     parent_id: Optional[int] = Field(default=None, foreign_key="versions.id", index=True)
     message: Optional[str] = Field(default=None, sa_column=Column(Text))
-    created_at: datetime = Field(default_factory=utcnow, index=True)  # ls on a terminal: newest first
+    created_at: datetime = Field(default_factory=utcnow)  # indexed by ix_versions_listed
     created_by: str = Field(default="", max_length=128)
     # ``lorareg rm``: the row stays (its number is never reused, lineage through it stays whole)
     # and its bytes are evicted; set when it was removed.

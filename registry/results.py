@@ -189,6 +189,7 @@ class Lineage(_AsDict):
     nodes: tuple[Node, ...] = ()
     edges: tuple[Edge, ...] = ()
     truncated: bool = False  # max_nodes was reached: more versions are linked than listed
+    more: Mapping[str, int] = field(default_factory=dict)  # ref -> edges down from it left out (per_node, max_nodes)
 
 
 @dataclass(frozen=True)

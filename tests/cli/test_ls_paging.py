@@ -45,12 +45,19 @@ def terminal(monkeypatch):
 def test_terminal_shows_a_page_newest_first_and_how_to_see_more(five, terminal):
     first = run("ls").output
     assert refs(first) == ["a3@1", "a2@1"]
-    assert first.rstrip().splitlines()[-1] == "3 more: lorareg ls --offset 2"
-    second = run("ls", "--offset", "2").output
+    assert first.rstrip().splitlines()[-1] == "3 more: lorareg ls --after a2@1"  # a cursor: the last ref shown
+    second = run("ls", "--after", "a2@1").output
     assert refs(second) == ["a1@1", "a0@1"]
-    assert second.rstrip().splitlines()[-1] == "1 more: lorareg ls --offset 4"
-    last = run("ls", "--offset", "4").output
+    assert second.rstrip().splitlines()[-1] == "1 more: lorareg ls --after a0@1"
+    last = run("ls", "--after", "a0@1").output
     assert refs(last) == ["llama@1"] and "more" not in last
+    assert refs(run("ls", "--offset", "2").output) == ["a1@1", "a0@1"]  # by position still works
+
+
+def test_terminal_sorted_by_a_key_pages_by_offset(five, terminal):
+    out = run("ls", "--sort", "name").output
+    assert refs(out) == ["a0@1", "a1@1"]
+    assert out.rstrip().splitlines()[-1] == "3 more: lorareg ls --sort name --offset 2"
 
 
 def test_terminal_more_line_keeps_the_filters(five, terminal):
@@ -60,7 +67,8 @@ def test_terminal_more_line_keeps_the_filters(five, terminal):
     five.log_metrics(ref="a2", metrics={"loss": 0.2})
     out = run("ls", "adapters", "--limit", "1", "--where", "loss<1").output
     assert refs(out) == ["a2@1"]
-    assert out.rstrip().splitlines()[-1] == "1 more: lorareg ls adapters --where 'loss<1' --limit 1 --offset 1"
+    assert out.rstrip().splitlines()[-1] == "1 more: lorareg ls adapters --where 'loss<1' --limit 1 --after a2@1"
+    assert refs(run("ls", "adapter", "--where", "loss<1", "--limit", "1", "--after", "a2@1").output) == ["a0@1"]
     assert refs(run("ls", "adapter", "--where", "loss<1", "--limit", "1", "--offset", "1").output) == ["a0@1"]
 
 
@@ -88,3 +96,22 @@ def test_offset_past_the_end_says_so(five):
 def test_negative_offset_is_refused(five):
     r = run("ls", "--offset", "-1", ok=False)
     assert r.exit_code != 0 and "--offset" in r.output
+
+
+def test_after_pages_a_pipe_newest_first(five):
+    assert refs(run("ls", "--after", "a2@1").output) == ["a1@1", "a0@1", "llama@1"]
+    assert refs(run("ls", "--after", "a2@1", "--limit", "1", "--offset", "1").output) == ["a0@1"]
+    assert [i["ref"] for i in json.loads(run("--json", "ls", "--after", "a1@1").output)] == ["a0@1", "llama@1"]
+
+
+def test_after_the_oldest_says_so(five):
+    assert run("ls", "--after", "llama@1").output.strip() == "no versions older than llama@1 (5 match)"
+
+
+def test_after_with_another_sort_is_one_line(five):
+    r = run("ls", "--after", "a2@1", "--sort", "name", ok=False)
+    assert r.exit_code == 1
+    assert r.output.splitlines()[0] == "Error: a cursor (--after) pages newest first; it cannot follow --sort name"
+    assert "--offset" in r.output.splitlines()[1]
+    r = run("ls", "--after", "nosuch@1", ok=False)
+    assert r.exit_code == 1 and "unknown reference 'nosuch@1'" in r.output

@@ -106,7 +106,7 @@ def test_lineage_keeps_its_graph(family):
 @pytest.mark.parametrize("sql, index", [
     ("SELECT id FROM versions WHERE parent_id = 1", "ix_versions_parent_id"),
     ("SELECT alias FROM aliases WHERE version_id = 1", "ix_aliases_version_id"),
-    ("SELECT id FROM versions ORDER BY created_at DESC LIMIT 50", "ix_versions_created_at"),
+    ("SELECT id FROM versions ORDER BY created_at DESC LIMIT 50", "ix_versions_listed"),
     ("SELECT id FROM events WHERE ref = 'chat' OR (ref >= 'chat@' AND ref < 'chatA') ORDER BY id DESC LIMIT 50",
      "ix_events_ref"),
 ])
