@@ -171,6 +171,7 @@ class _Applier:
         generator = torch.Generator().manual_seed(tensor_seed(self.plan.seed, name))
         combined = self.method.combine(
             deltas, [self.weights[o.adapter] for o in main], params=self.params, generator=generator,
+            overwrite=True,  # the deltas are this tensor's own (reused buffers, fresh bias products)
         )
         return combined, embedding
 

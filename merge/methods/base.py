@@ -102,6 +102,8 @@ class MergeMethod(ABC):
     random: bool = False  # draws from the generator
     # Rollback by subtracting one adapter's delta is exact (up to rounding) only for linear.
     supports_subtract: bool = False
+    # ``_combine`` takes ``overwrite``: it may then use the deltas as its scratch (see ``combine``)
+    in_place: bool = False
 
     def __repr__(self) -> str:
         return f"<merge method {self.name}>"
@@ -147,11 +149,18 @@ class MergeMethod(ABC):
         *,
         params: Mapping[str, Any],
         generator: torch.Generator,
+        overwrite: bool = False,
     ) -> Tensor:
         """Return the combined float32 delta of one base tensor (inputs and parameters checked
-        here, once for every method)."""
+        here, once for every method).
+
+        ``overwrite=True``: the caller will not read ``deltas`` again (the engine computes them
+        afresh for each tensor), so a method may prune and combine in them and return one of
+        them, instead of allocating full-size tensors (a few deltas' worth at peak otherwise)."""
         floats = check_inputs(self.name, deltas, weights)
         resolved = self.resolve_params(params, n_adapters=len(deltas))
+        if overwrite and self.in_place:
+            return self._combine(deltas, floats, params=resolved, generator=generator, overwrite=True)
         return self._combine(deltas, floats, params=resolved, generator=generator)
 
     @abstractmethod

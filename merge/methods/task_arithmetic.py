@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 
-# Rows per block of the steps after pruning: about 1 MiB of float32 per adapter.
+# Rows per block: about 1 MiB of float32 per adapter.
 _BLOCK_ELEMENTS = 1 << 18
 
 
@@ -30,94 +30,147 @@ def magnitude_pruned(tensor: Tensor, density: float) -> Tensor:
     """Keep the int(density * numel) largest-magnitude entries (peft: magnitude_based_pruning)."""
     if density >= 1:  # peft's prune() returns the tensor itself here
         return tensor
-    return tensor * _magnitude_mask(tensor, density).to(tensor.dtype)
+    flat = tensor.reshape(-1).clone()
+    _magnitude_prune_(flat, density, step=_BLOCK_ELEMENTS)
+    return flat.reshape(tensor.shape)
 
 
-def _magnitude_mask(tensor: Tensor, density: float, *, scratch: Tensor | None = None) -> Tensor:
-    """The entries magnitude pruning keeps, as a bool mask shaped like ``tensor`` (top-k is
-    over the whole tensor, so this needs all of it at once).  ``scratch``, a tensor of the same
-    shape and dtype that is free until the mask is made, holds the magnitudes instead of a new one."""
-    import torch
+def _magnitude_prune_(tensor: Tensor, density: float, *, step: int) -> None:
+    """``magnitude_pruned`` in place, row block by row block: no full-size temporary unless
+    several entries share the k-th largest magnitude (then ``torch.topk`` decides, as in PEFT).
 
-    k = int(density * tensor.numel())
-    magnitudes = torch.abs(tensor, out=scratch) if scratch is not None else tensor.abs()
-    return _top_k_mask(magnitudes.reshape(-1), k).reshape(tensor.shape)
-
-
-def _top_k_mask(magnitudes: Tensor, k: int) -> Tensor:
-    """The entries peft's ``topk(magnitudes, k)`` selects, as a bool mask.
-
-    A threshold (the k-th largest magnitude) is ~3x faster than topk with k in the millions.  It selects
-    the same entries unless several share the threshold magnitude: then the pick among them
-    is topk's own tie-break, so topk decides.  Ties at magnitude 0 do not matter (a kept and
-    a dropped zero give the same bits), and NaNs never pass the count check.
+    A threshold (the k-th largest magnitude) selects the same entries as peft's ``topk`` unless
+    several share it: then the pick among them is topk's own tie-break, so topk decides.  Ties
+    at magnitude 0 do not matter (a kept and a dropped zero give the same bits).  Multiplying in
+    place by the 0/1 mask gives the bits of peft's ``tensor * mask``.
     """
     import torch
 
-    if k <= 0:
-        return torch.zeros_like(magnitudes, dtype=torch.bool)
-    threshold = _kth_largest(magnitudes, k)
-    if threshold == 0:
-        return magnitudes > threshold
-    # One bool temporary, not two (">" and "=="): the entries at or above the threshold are
-    # topk's exactly when there are k of them; otherwise ties at the threshold, and topk decides.
-    kept = magnitudes >= threshold
-    if int(torch.count_nonzero(kept)) == k:  # not .sum(): that makes an int64 copy of the mask
-        return kept
-    del kept
-    mask = torch.zeros_like(magnitudes, dtype=torch.bool)
-    mask[torch.topk(magnitudes, k=k, largest=True).indices] = True
-    return mask
+    k = int(density * tensor.numel())
+    threshold = _kth_largest_bits(tensor, k, step=step) if k > 0 else None
+    if threshold is not None and threshold != 0 and _count_at_least(tensor, threshold, step=step) != k:
+        keep = _top_k_mask(tensor, k)
+        for s in range(0, tensor.shape[0], step):
+            block = tensor[s : s + step]
+            block.mul_(keep[s : s + step].to(block.dtype))
+        return
+    blocks = _Blocks(tensor, step)
+    for s, block in blocks:
+        if threshold is None:  # k == 0: peft keeps nothing (x * 0, so -0.0 and NaN stay)
+            block.mul_(0)
+            continue
+        bits = blocks.magnitude_bits(block)
+        kept = torch.gt(bits, 0, out=blocks.mask) if threshold == 0 else torch.ge(bits, threshold, out=blocks.mask)
+        block.mul_(kept.to(block.dtype))
+
+
+def _top_k_mask(tensor: Tensor, k: int) -> Tensor:
+    """The entries peft's ``topk(tensor.abs().reshape(-1), k)`` selects, as a bool mask shaped like
+    ``tensor``.  topk copies the magnitudes into (value, index) pairs: ~4x the tensor for a moment."""
+    import torch
+
+    magnitudes = torch.empty(tensor.shape, dtype=tensor.dtype)
+    torch.abs(tensor, out=magnitudes)  # contiguous: the flat order is peft's reshape(-1)
+    # sorted=False: the same entries (topk picks them before it sorts), without sorting k of them
+    indices = torch.topk(magnitudes.view(-1), k=k, largest=True, sorted=False).indices
+    del magnitudes
+    mask = torch.zeros(tensor.numel(), dtype=torch.bool)
+    mask[indices] = True
+    return mask.view(tensor.shape)
 
 
 _BITS = {"float32": "int32", "float64": "int64", "float16": "int16", "bfloat16": "int16"}
 
 
-def _kth_largest(magnitudes: Tensor, k: int) -> Tensor:
-    """``kthvalue(magnitudes, n - k + 1).values`` without its two full-size temporaries (a
-    copy and int64 indices: 3x the tensor): magnitudes are >= 0 (or NaN, which sorts last as
-    kthvalue sorts it), so their bit patterns order as their values, and the k-th largest is
-    found by a binary search over bit patterns, one counting pass per bit."""
+class _Blocks:
+    """Row blocks of a tensor, with reused scratch for one block's magnitudes (as their bit
+    patterns: for values >= 0, and NaN, which sorts last as kthvalue and topk sort it, the
+    patterns order as the values) and a bool mask."""
+
+    def __init__(self, tensor: Tensor, step: int) -> None:
+        import torch
+
+        self.tensor, self.step = tensor, step
+        size = min(tensor.shape[0], step) * (tensor[0].numel() if tensor.dim() else 1)
+        self._magnitudes = torch.empty(size, dtype=tensor.dtype)
+        self._bits = self._magnitudes.view(getattr(torch, _BITS[str(tensor.dtype).removeprefix("torch.")]))
+        self._mask = torch.empty(size, dtype=torch.bool)
+        self.mask = self._mask
+
+    def __iter__(self):
+        for s in range(0, self.tensor.shape[0], self.step):
+            block = self.tensor[s : s + self.step]
+            self.mask = self._mask[: block.numel()].view(block.shape)
+            yield s, block
+
+    def magnitude_bits(self, block: Tensor) -> Tensor:
+        import torch
+
+        torch.abs(block, out=self._magnitudes[: block.numel()].view(block.shape))
+        return self._bits[: block.numel()].view(block.shape)
+
+
+def _count_at_least(tensor: Tensor, threshold: int, *, step: int) -> int:
+    """How many entries have a magnitude whose bit pattern is >= ``threshold``."""
     import torch
 
-    name = str(magnitudes.dtype).removeprefix("torch.")
-    if name not in _BITS:
-        return torch.kthvalue(magnitudes, magnitudes.numel() - k + 1).values
-    bits = magnitudes.view(getattr(torch, _BITS[name]))
-    lo, hi = 0, torch.iinfo(bits.dtype).max  # the largest pattern t with count(bits >= t) >= k
+    blocks = _Blocks(tensor, step)
+    return sum(int(torch.count_nonzero(torch.ge(blocks.magnitude_bits(b), threshold, out=blocks.mask)))
+               for _, b in blocks)
+
+
+def _kth_largest(tensor: Tensor, k: int, *, step: int = _BLOCK_ELEMENTS) -> Tensor:
+    """``kthvalue(tensor.abs().reshape(-1), n - k + 1).values`` (see ``_kth_largest_bits``)."""
+    import torch
+
+    bits = getattr(torch, _BITS[str(tensor.dtype).removeprefix("torch.")])
+    return torch.tensor(_kth_largest_bits(tensor, k, step=step), dtype=bits).view(tensor.dtype)
+
+
+def _kth_largest_bits(tensor: Tensor, k: int, *, step: int = _BLOCK_ELEMENTS) -> int:
+    """The bit pattern of the k-th largest magnitude of ``tensor``, without kthvalue's two
+    full-size temporaries (a copy and int64 indices) or any other: a binary search over bit
+    patterns, one counting pass per bit, row block by row block."""
+    import torch
+
+    if str(tensor.dtype).removeprefix("torch.") not in _BITS:
+        raise TypeError(f"magnitude pruning takes a floating-point tensor, not {tensor.dtype}")
+    if tensor.dim() == 0:
+        tensor = tensor.reshape(1)
+    blocks = _Blocks(tensor, step)
+    lo, hi = 0, torch.iinfo(blocks._bits.dtype).max  # the largest pattern t with count(>= t) >= k
+    # One pass finds the largest pattern, which bounds the search (a few bits fewer to halve).
+    hi = min(hi, max(int(blocks.magnitude_bits(b).max()) for _, b in blocks))
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if int(torch.count_nonzero(bits >= mid)) >= k:
+        if _count_at_least(tensor, mid, step=step) >= k:
             lo = mid
         else:
             hi = mid - 1
-    return torch.tensor(lo, dtype=bits.dtype).view(magnitudes.dtype)
+    return lo
 
 
 def random_pruned(tensor: Tensor, density: float, *, rescale: bool, generator: torch.Generator) -> Tensor:
     """Keep each entry with probability density (peft: random_pruning), drawing from generator."""
-    import torch
-
     if density >= 1:  # no draws at all, exactly like peft's prune()
         return tensor
-    mask = torch.bernoulli(torch.full_like(input=tensor, fill_value=density), generator=generator)
-    pruned = tensor * mask
-    if rescale:
-        pruned = pruned / density
-    return pruned
+    flat = tensor.reshape(-1).clone()
+    _random_prune_(flat, density, rescale=rescale, generator=generator, step=_BLOCK_ELEMENTS)
+    return flat.reshape(tensor.shape)
 
 
-def _random_mask(tensor: Tensor, density: float, *, generator: torch.Generator, step: int) -> Tensor:
-    """The entries random pruning keeps, as a bool mask: the same Bernoulli draws as
-    ``random_pruned``, made row block by row block in element order (CPU bernoulli draws one
-    sample per element, serially, so the blocks consume the generator exactly as one call)."""
+def _random_prune_(tensor: Tensor, density: float, *, rescale: bool, generator: torch.Generator,
+                   step: int) -> None:
+    """``random_pruned`` in place, row block by row block in element order: CPU bernoulli draws
+    one sample per element, serially, so the blocks consume the generator exactly as one call,
+    and in-place ``mul_``/``div_`` give the bits of peft's ``tensor * mask`` and ``/ density``."""
     import torch
 
-    mask = torch.empty(tensor.shape, dtype=torch.bool)
     for s in range(0, tensor.shape[0], step):
         block = tensor[s : s + step]
-        mask[s : s + step] = torch.bernoulli(torch.full_like(input=block, fill_value=density), generator=generator)
-    return mask
+        block.mul_(torch.bernoulli(torch.full_like(input=block, fill_value=density), generator=generator))
+        if rescale:
+            block.div_(density)
 
 
 def majority_sign_mask(stacked: Tensor, method: str) -> Tensor:
@@ -143,14 +196,19 @@ def generalized_task_arithmetic(
     elect_sign: bool,
     majority_sign_method: str | None,
     generator: torch.Generator,
+    overwrite: bool = False,
 ) -> Tensor:
     """Sparsify each delta, optionally elect a sign, then weight and combine (peft's pipeline).
 
-    Pruning is decided over each whole delta (top-k needs all of it) but kept as a bool mask;
-    every step after it is elementwise along the rows, so it runs row block by row block into
-    one output tensor.  Peak memory: the n masks (a byte per entry), the output and one block's
-    temporaries, instead of several float32 copies of every delta.  Each block gets the same
-    ops on the same values as PEFT's whole-tensor pipeline, so the same bits.
+    Each delta is pruned in place, adapter by adapter as peft prunes them (the random draws'
+    order); top-k is decided over the whole delta but counted row block by row block.  Every
+    step after it is elementwise along the rows, so it runs block by block, and each result
+    block goes into the first delta's rows, which that block has already been copied out of
+    (``torch.stack``).  ``overwrite=False`` works on copies of the deltas; with True (the
+    engine's deltas, computed afresh for each tensor) nothing of full size is allocated beyond
+    the deltas themselves, unless a magnitude tie sends the choice to ``torch.topk``.
+    Each block gets the same ops on the same values as PEFT's whole-tensor pipeline, so the
+    same bits.
     """
     import torch
 
@@ -158,32 +216,21 @@ def generalized_task_arithmetic(
     if any(tuple(d.shape) != shape for d in deltas) or not shape:
         return _whole(deltas, weights, prune=prune, density=density, rescale=rescale, elect_sign=elect_sign,
                       majority_sign_method=majority_sign_method, generator=generator)
+    if not overwrite:
+        deltas = [d.clone() for d in deltas]
     rows = shape[0]
     step = max(1, _BLOCK_ELEMENTS // max(1, deltas[0][0].numel()))
     # peft builds weights with torch.tensor(list) (float32) and views them as (n, 1, ..., 1).
     w = torch.tensor(list(weights), dtype=torch.float32)
     w = w.view(w.shape + (1,) * len(shape))
-    out = torch.empty(shape, dtype=torch.result_type(deltas[0], w))
-    masks: list[Tensor | None] = []
-    for d in deltas:  # adapter by adapter, as peft prunes them (the random draws' order)
-        if density >= 1:
-            masks.append(None)
-        elif prune == "magnitude":
-            # The output is not written before the masks are made: it holds each delta's magnitudes.
-            masks.append(_magnitude_mask(d, density, scratch=out if out.dtype == d.dtype else None))
+    for d in deltas if density < 1 else ():
+        if prune == "magnitude":
+            _magnitude_prune_(d, density, step=step)
         else:
-            masks.append(_random_mask(d, density, generator=generator, step=step))
+            _random_prune_(d, density, rescale=rescale, generator=generator, step=step)
+    out = deltas[0]
     for s in range(0, rows, step):
-        pruned = []
-        for d, mask in zip(deltas, masks):
-            block = d[s : s + step]
-            if mask is not None:
-                block = block * mask[s : s + step].to(block.dtype)
-                if rescale:
-                    block = block / density
-            pruned.append(block)
-        stacked = torch.stack(pruned, dim=0)
-        del pruned
+        stacked = torch.stack([d[s : s + step] for d in deltas], dim=0)
         if not elect_sign:
             out[s : s + step] = (stacked * w).sum(dim=0)
             continue
@@ -263,8 +310,10 @@ class TaskArithmetic(MergeMethod):
         return (f"TaskArithmetic(name={self.name!r}, prune={self.prune!r}, rescale={self.rescale}, "
                 f"elect_sign={self.elect_sign})")
 
+    in_place = True
+
     def _combine(self, deltas: Sequence[Tensor], weights: list[float], *, params: dict[str, Any],
-                 generator: torch.Generator) -> Tensor:
+                 generator: torch.Generator, overwrite: bool = False) -> Tensor:
         return generalized_task_arithmetic(
             deltas,
             weights,
@@ -274,4 +323,5 @@ class TaskArithmetic(MergeMethod):
             elect_sign=self.elect_sign,
             majority_sign_method=params.get("majority_sign_method"),  # declared only with elect_sign
             generator=generator,
+            overwrite=overwrite,
         )

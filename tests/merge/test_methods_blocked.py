@@ -34,12 +34,13 @@ def test_default_blocks_on_a_projection_sized_delta(name):
     assert _same_bits(ours, ref)
 
 
-def test_random_mask_draws_in_peft_order_and_leaves_the_generator_alike():
-    t = torch.empty(333, 65)
+def test_random_pruning_draws_in_peft_order_and_leaves_the_generator_alike():
+    t = torch.randn(333, 65, generator=torch.Generator().manual_seed(1))
     g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
-    whole = torch.bernoulli(torch.full_like(t, 0.4), generator=g1)
-    blocked = task_arithmetic._random_mask(t, 0.4, generator=g2, step=7)
-    assert torch.equal(whole.bool(), blocked)
+    whole = t * torch.bernoulli(torch.full_like(t, 0.4), generator=g1) / 0.4
+    blocked = t.clone()
+    task_arithmetic._random_prune_(blocked, 0.4, rescale=True, generator=g2, step=7)
+    assert torch.equal(whole.view(torch.int32), blocked.view(torch.int32))
     assert torch.equal(torch.rand(5, generator=g1), torch.rand(5, generator=g2))
 
 
