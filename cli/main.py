@@ -63,7 +63,7 @@ def cli(ctx: click.Context, home: str | None, database_url: str | None, blobs: s
 
 
 # Which module defines each command, so that a command imports its own module alone
-# (``lorareg ls`` never loads the merge options); tests/cli/test_packaging.py checks the map.
+# (``lorareg ls`` never loads the merge options); tests/test_packaging.py checks the map.
 COMMAND_MODULES = {
     **dict.fromkeys(("init", "add", "ls", "verify", "log"), "cmd_registry"),
     "show": "cmd_show", "alias": "cmd_alias",
@@ -84,7 +84,30 @@ def main() -> None:
         sys.stdout.flush()
     except BrokenPipeError:
         quiet_broken_pipe()
-    sys.exit(code)
+    _leave(code)
+
+
+def _leave(code: int | str | None) -> None:
+    """Exit without tearing the interpreter down.  Freeing torch's and SQLAlchemy's module
+    state took 0.5-1.5 s after a merge had finished (2 cores), and a user waits for it.  By
+    now the command has closed what it opened (the registry, its lease, its temp folders), so
+    only the atexit handlers remain to run; should a thread still be working, the interpreter
+    exits the usual way and waits for it."""
+    import atexit
+    import threading
+
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    if isinstance(code, str):  # what sys.exit does with a message
+        print(code, file=sys.stderr)
+    status = 1 if isinstance(code, str) else (code or 0)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,6 +35,7 @@ from lorareg.merge.pipeline import Slot, WritePipeline
 from lorareg.merge.output_folder import MergeOutput, copy_side_files, default_model_card, hash_files, write_config
 from lorareg.merge.plan import MergePlan, tensor_seed, validate_plan
 from lorareg.merge.reader import FLOAT_DTYPES, BaseTensor, Checkpoint, TensorReader, open_checkpoint, torch_dtype
+from lorareg.merge.threads import arithmetic_threads
 from lorareg.merge.writer import OutTensor, ShardWriter, plan_shards, tensor_bytes
 from lorareg.store.atomic import fsync_dir
 from lorareg.store.digest import manifest_digest
@@ -368,7 +369,7 @@ def merge(
         big = Slot(read_size + cast_size + max((o.nbytes for o, _ in whole if o.name in quantized), default=0))
         total, changed, differing, k = len(sources), 0, 0, 0
         pipe = WritePipeline(writer)
-        with TensorReader(ckpt) as reader:
+        with TensorReader(ckpt) as reader, arithmetic_threads():
             for done, out in enumerate((o for s in shards for o in s.tensors), start=1):
                 _, src = by_name[out.name]
                 ops = ops_of[out.name]

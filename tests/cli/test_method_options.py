@@ -26,7 +26,10 @@ class Scaled(MergeMethod):
 def test_every_declared_parameter_is_a_merge_option():
     from lorareg.cli.main import cli
 
-    options = {o.name: o for o in cli.commands["merge"].params}
+    import click
+
+    # commands load when first asked for (cli/main.py COMMAND_MODULES), not at import
+    options = {o.name: o for o in cli.get_command(click.Context(cli), "merge").params}
     for method in METHODS.values():
         for p in method.params:
             opt = options[f"method_param_{p.name}"]
