@@ -100,7 +100,8 @@ def _show_hub(reg, info, tracked) -> None:
 def _show_files(reg, info, tracked) -> None:
     if info.files:
         render.table("files", [Column("path", keep=True), Column("size", justify="right"), Column("sha256", drop=1)],
-                     [[path, render.human_size(f.size), f.sha256[:16]] for path, f in info.files.items()])
+                     [[path, render.human_size(f.size), f.sha256[:16] if f.sha256 else "(not kept)"]
+                      for path, f in info.files.items()])
 
 
 # What `show` prints, in order: add a section by adding a function (reg, info, tracked).

@@ -301,9 +301,10 @@ def merge(
     """Merge ``plan`` into a new folder ``out_dir`` (which must not exist yet).
 
     Written into a temp sibling and renamed at the end, so ``out_dir`` is complete or absent.
-    ``write_weights=False`` (a recipe-only version): the shards are hashed, not written, so
-    ``out_dir`` holds only the small files (config, index, side files); the digest and every
-    file's sha256 and size in ``files`` are those the written folder would have.
+    ``write_weights=False`` (a recipe-only version): the shards' tensors are hashed, not
+    written, so ``out_dir`` holds only the small files (config, index, side files); the digest
+    and every size in ``files`` are those the written folder would have, and the shards'
+    sha256 is None (no blob of theirs is kept: see writer.py).
     ``on_shard(path, sha256)`` is called with each shard once it is written and fsynced.
     """
     import torch

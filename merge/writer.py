@@ -3,7 +3,8 @@
 Every tensor's name, dtype and shape is known before the first byte is written, so each
 shard's header is computed up front and tensors are streamed into place in header order:
 no shard is ever assembled in memory.  Each tensor's sha256 (for the manifest digest) and
-each file's sha256 come from the same single pass, a tensor's bytes possibly in pieces.
+each file's sha256 (the blob's name) come from the same single pass, a tensor's bytes possibly
+in pieces; a shard that is not written (``write=False``) gets no file sha256.
 """
 
 from __future__ import annotations
@@ -108,8 +109,9 @@ class ShardWriter:
         # Called with each finished, fsynced shard and its sha256 (an object store starts
         # uploading it while the next shard is written).
         self._on_shard = on_shard
-        # write=False: hash only (a recipe-only merge keeps the digests, not the bytes), so
-        # nothing is written or fsynced; the tensor and file sha256 are the same either way.
+        # write=False: a recipe-only merge keeps the digest, not the bytes: nothing is written
+        # or fsynced, and only the tensors are hashed (the manifest).  A shard's own sha256
+        # would name a blob that is never kept, so its FileDigest has sha256 None.
         self._write = write
         self._shards = shards
         self._metadata = metadata
@@ -138,15 +140,13 @@ class ShardWriter:
         self._close()
         self._current = si
         self._file = open(self._folder / self._shards[si].file, "wb") if self._write else _NullFile()
-        self._file_hash = hashlib.sha256()
+        self._file_hash = hashlib.sha256() if self._write else None
         self._size = 0
         self._emit(_header(self._shards[si], self._metadata))
 
     def _emit(self, data: Any, tensor_hash: Any = None) -> None:
-        # The two hash objects are only ever updated here, one piece at a time, in order.
-        hashes = [self._pool.submit(self._file_hash.update, data)]
-        if tensor_hash is not None:
-            hashes.append(self._pool.submit(tensor_hash.update, data))
+        # The hash objects are only ever updated here, one piece at a time, in order.
+        hashes = [self._pool.submit(h.update, data) for h in (self._file_hash, tensor_hash) if h is not None]
         try:
             self._file.write(data)
         finally:
@@ -159,7 +159,8 @@ class ShardWriter:
             return
         self._file.flush()
         name = self._shards[self._current].file
-        self.files[name] = FileDigest(sha256=self._file_hash.hexdigest(), size=self._size)
+        sha256 = self._file_hash.hexdigest() if self._file_hash is not None else None
+        self.files[name] = FileDigest(sha256=sha256, size=self._size)
         if self._write:
             self._syncs.append(self._sync_pool.submit(_sync_close, self._file, self._folder / name,
                                                       self.files[name].sha256, self._on_shard))

@@ -145,7 +145,7 @@ def make_version(ctx: Context, recipe: Recipe, *, name: str, keep: str, message:
         if found is not None and parent_id is None:
             return version_info(session, ctx.home, found, existed=True)
     # Under the writer's lease from the first shard: an object store uploads each shard as it
-    # is written.  Kept as recipe only: the shards are hashed, never written or fsynced.
+    # is written.  Kept as recipe only: the tensors are hashed, the shards never written or fsynced.
     import lorareg.merge.engine  # noqa: F401  (the import of torch is long: before the lease's heartbeat starts)
 
     with leases.writing(ctx):

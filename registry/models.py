@@ -62,7 +62,9 @@ class FileRow(SQLModel, table=True):
 
     version_id: int = Field(foreign_key="versions.id", primary_key=True)
     path: str = Field(primary_key=True, max_length=512)
-    sha256: str = Field(index=True, max_length=64)
+    # None: a weight shard of a version kept as recipe only (hashed per tensor, never kept:
+    # migration 0009); it gets its sha256 when the version gets its files back.
+    sha256: Optional[str] = Field(default=None, index=True, max_length=64)
     size: int = Field(sa_type=BigInteger)
     # A referenced file's stat when it was last hashed: the fast path that confirms it unchanged.
     mtime_ns: Optional[int] = Field(default=None, sa_type=BigInteger)

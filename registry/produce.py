@@ -42,8 +42,9 @@ class Produced:
 def produce(ctx: Context, recipe: Recipe, *, recipe_digest: str | None = None, progress: Progress = None,
             weights: bool = True, storing: bool = False) -> Produced:
     """Run ``recipe`` into a new scratch folder (the caller stores or discards it).
-    ``weights=False`` (a version kept as recipe only): a merge's shards are hashed, not
-    written; the digests and ``files`` are the same, the folder holds only the small files.
+    ``weights=False`` (a version kept as recipe only): a merge's tensors are hashed, its shards
+    not written; the digests and sizes are the same, the shards' sha256 None (no blob of theirs
+    is kept), the folder holds only the small files.
     ``storing``: the caller will store the output, so an object store starts uploading each
     shard as soon as it is written (``BlobStore.begin_upload``)."""
     work = Path(tempfile.mkdtemp(prefix="merge-", dir=ctx.scratch()))

@@ -51,7 +51,7 @@ class TensorEntry:
 
 @dataclass(frozen=True)
 class FileDigest:
-    sha256: str
+    sha256: str | None  # None: a recipe-only merge's shard, hashed per tensor only (its bytes are not kept)
     size: int
 
 

@@ -22,7 +22,7 @@ PAGES = {
     "/v/chat": ["trained on", "Metrics", "eval_acc", "README.md"],
     "/v/llama@1": ["LlamaForCausalLM", "lorareg export llama@1"],
     "/v/tied": ["with ties", "density 0.5", "seed"],
-    "/v/lean": ["kept as recipe only"],
+    "/v/lean": ["kept as recipe only", "not kept (recipe only)"],
     "/lineage/asst@2": ["Lineage of", "rollback: −code@1 (rebuilt)", "rollback: −math@1 (subtracted)"],
     "/lineage/llama": ["tied@1", "trained on"],
     "/diff": ["Pick two versions"],
