@@ -20,7 +20,8 @@ every row by design (scripts), so it is timed only on the 10 and 1,000 registrie
 ``lineage llama --down`` draws the newest 20 versions made from the base and says how many more
 (all of them here); ``--all`` would draw every one and grows with the registry by nature.
 Prints min/median/max wall time in ms per command and size, the 1k/10 and 100k/10 ratios of
-the medians, and the growth from 1,000 to 100,000 (100k/1k)."""
+the medians, and the growth from 1,000 to 100,000 (100k/1k).  The sizes take turns run by run,
+so a load that comes and goes on a shared machine falls on every size alike."""
 
 from __future__ import annotations
 
@@ -122,9 +123,9 @@ def main() -> None:
         shutil.rmtree(small.parent, ignore_errors=True)
         small.parent.mkdir(parents=True)
         build_ten(small, small.parent)
-    results: dict[int, dict[str, list[float]]] = {}
+    homes = {}
     for size in sizes:
-        home = work / f"r{size}" / "home"
+        home = homes[size] = work / f"r{size}" / "home"
         if size != 10 and not (args.keep and home.exists()):
             shutil.rmtree(home.parent, ignore_errors=True)
             home.parent.mkdir(parents=True)
@@ -133,17 +134,23 @@ def main() -> None:
             grow(home, size)
             print(f"built {size:,} versions in {time.perf_counter() - t:.0f} s", flush=True)
         run_once(home, ["ls", "--limit", "1"], False)  # upgrade/open once, warm the page cache
-        results[size] = {}
-        for label, cmd, terminal in COMMANDS:
-            if label in SMALL_ONLY and size > 1000:
-                continue
-            cmd = [a.format(deep=deep_ref(size)) for a in cmd]
-            if run_once(home, cmd, terminal, args.timeout) == float("inf"):  # warm; past the timeout: once is enough
+    # The sizes take turns within each repetition, so a load that comes and goes on a shared
+    # machine falls on all of them alike and the ratios between sizes stay fair.
+    results: dict[int, dict[str, list[float]]] = {size: {} for size in sizes}
+    for label, cmd, terminal in COMMANDS:
+        todo = [s for s in sizes if not (label in SMALL_ONLY and s > 1000)]
+        for size in todo:  # warm; past the timeout once is enough
+            args_of = [a.format(deep=deep_ref(size)) for a in cmd]
+            if run_once(homes[size], args_of, terminal, args.timeout) == float("inf"):
                 results[size][label] = [float("inf")]
-            else:
-                results[size][label] = [run_once(home, cmd, terminal, args.timeout) * 1000
-                                        for _ in range(args.repeat)]
-            print(f"  {size:,} {label}: {min(results[size][label]):.0f} ms", flush=True)
+        for _ in range(args.repeat):
+            for size in todo:
+                if results[size].get(label) == [float("inf")]:
+                    continue
+                args_of = [a.format(deep=deep_ref(size)) for a in cmd]
+                ms = run_once(homes[size], args_of, terminal, args.timeout) * 1000
+                results[size].setdefault(label, []).append(ms)
+        print(f"  {label}: " + ", ".join(f"{s:,} {min(results[s][label]):.0f} ms" for s in todo), flush=True)
     print(f"\nwall time per command, ms: min/median/max of {args.repeat} runs (each its own process)")
     growth = 1000 in sizes and sizes[-1] > 1000  # 1,000 -> the largest
     print(f"{'command':28} " + " ".join(f"{f'{s:,} versions':>20}" for s in sizes) +

@@ -30,6 +30,10 @@ class Context:
     def open(cls, *, home: str | os.PathLike[str] | None = None, database_url: str | None = None,
              blobs: str | os.PathLike[str] | None = None) -> "Context":
         """Create the folders if needed and bring the database schema to head."""
+        # The whole database layer (SQLAlchemy, SQLModel, the tables) loads here, in one piece
+        # (every caller queries tables next), so the CLI can keep it out of the garbage
+        # collector's passes (cli/common.py, _loading_for_good).
+        from lorareg.registry import models  # noqa: F401
         from lorareg.registry.db import make_engine, sqlite_url, upgrade
         from lorareg.store.scratch import sweep
 
