@@ -231,10 +231,11 @@ print(json.dumps({"grew": status("VmHWM") - baseline}))
 
 @pytest.mark.parametrize("name", ["ties", "dare_ties", "dare_linear", "magnitude_prune"])
 def test_task_arithmetic_peak_is_about_two_deltas(name):
-    """Two adapters' deltas on a 5632x2048 projection: pruning keeps a bool mask per adapter
-    and everything after it runs in row blocks, so the peak over the inputs is the output plus
-    one delta's magnitudes (measured 77-109 MiB, 1.75-2.5x one float32 delta); PEFT's
-    whole-tensor pipeline took 176-448 MiB here (several float32 copies of every delta)."""
+    """Two adapters' deltas on a 5632x2048 projection, combined the way a caller that keeps
+    its inputs does (no ``overwrite``: the deltas are cloned first, then pruned and combined in
+    row blocks): 2.05-2.59x one float32 delta measured; PEFT's whole-tensor pipeline took
+    176-448 MiB here (several float32 copies of every delta).  The engine combines in its own
+    buffers (``overwrite=True``): bench/multi_adapter_memory.py measures that, as processes."""
     rows, cols, n = 5632, 2048, 2
     run = subprocess.run([sys.executable, "-c", TASK_CHILD, name, str(rows), str(cols), str(n)],
                          capture_output=True, text=True, timeout=300, check=True)
