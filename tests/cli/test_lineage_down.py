@@ -7,17 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
 from lorareg.cli import cmd_merge
-from lorareg.cli.main import cli
-
-
-def run(*args, ok=True):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
+from tests.support.cli import run
 
 
 @pytest.fixture

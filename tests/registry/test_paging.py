@@ -4,13 +4,13 @@ how many it left out, and reads whose SQL statement count does not grow with the
 
 from __future__ import annotations
 
-import contextlib
 
 import pytest
-from sqlalchemy import event, text, update
+from sqlalchemy import text, update
 
 from lorareg.errors import LoraregError
 from lorareg.registry import models as m
+from tests.support.sql_statements import statements
 
 
 def _add(reg, path, names) -> None:
@@ -97,20 +97,6 @@ def test_bounded_lineage_keeps_the_newest_and_says_how_many_more(seven):
     assert len(capped.nodes) == 3 and capped.more == {"llama@1": 5}
 
 
-@contextlib.contextmanager
-def _statements(reg):
-    seen: list[str] = []
-
-    def count(conn, cursor, statement, *args):
-        seen.append(statement)
-
-    event.listen(reg._ctx.db, "before_cursor_execute", count)
-    try:
-        yield seen
-    finally:
-        event.remove(reg._ctx.db, "before_cursor_execute", count)
-
-
 def _costs(reg) -> dict[str, int]:
     """SQL statements each read a user's command makes (ls page and its "N more", show, lineage, log)."""
     reads = {
@@ -129,7 +115,7 @@ def _costs(reg) -> dict[str, int]:
     out = {}
     for label, read in reads.items():
         read()  # warm: the first statements of a session differ (no cached compiles)
-        with _statements(reg) as seen:
+        with statements(reg) as seen:
             read()
         out[label] = len(seen)
     return out

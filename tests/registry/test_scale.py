@@ -4,13 +4,13 @@ the lookups that must not scan a table have their indexes."""
 
 from __future__ import annotations
 
-import contextlib
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from lorareg.registry import lookup
 from lorareg.registry import models as m
+from tests.support.sql_statements import statements
 from lorareg.registry.version_info import version_info, version_infos
 
 
@@ -34,20 +34,6 @@ def _more_adapters(reg, path, n: int, start: int = 0) -> None:
         reg.add_adapter(path=path, base="llama", name=f"extra{i:03d}")
 
 
-@contextlib.contextmanager
-def _statements(reg):
-    seen: list[str] = []
-
-    def count(conn, cursor, statement, *args):
-        seen.append(statement)
-
-    event.listen(reg._ctx.db, "before_cursor_execute", count)
-    try:
-        yield seen
-    finally:
-        event.remove(reg._ctx.db, "before_cursor_execute", count)
-
-
 def _costs(reg) -> dict[str, int]:
     """SQL statements each listing runs, and how many rows it returned."""
     reads = {
@@ -61,7 +47,7 @@ def _costs(reg) -> dict[str, int]:
     out = {}
     for label, read in reads.items():
         read()  # warm: the first statements of a session differ (no cached compiles)
-        with _statements(reg) as seen:
+        with statements(reg) as seen:
             read()
         out[label] = len(seen)
     return out
