@@ -10,7 +10,7 @@ from sqlalchemy import text, update
 
 from lorareg.errors import LoraregError
 from lorareg.registry import models as m
-from tests.support.sql_statements import statements
+from tests.support.sql_statements import statement_counts
 
 
 def _add(reg, path, names) -> None:
@@ -112,13 +112,7 @@ def _costs(reg) -> dict[str, int]:
         "lineage down": lambda: reg.lineage(ref="llama", down=True, per_node=3, max_nodes=20),
         "log": lambda: reg.log(limit=5),
     }
-    out = {}
-    for label, read in reads.items():
-        read()  # warm: the first statements of a session differ (no cached compiles)
-        with statements(reg) as seen:
-            read()
-        out[label] = len(seen)
-    return out
+    return statement_counts(reg, reads)
 
 
 def test_statements_do_not_grow_with_the_registry(seven, llama_lora):

@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from lorareg.registry import lookup
 from lorareg.registry import models as m
-from tests.support.sql_statements import statements
+from tests.support.sql_statements import statement_counts
 from lorareg.registry.version_info import version_info, version_infos
 
 
@@ -44,13 +44,7 @@ def _costs(reg) -> dict[str, int]:
         "search": lambda: reg.search(),
         "lineage down": lambda: reg.lineage(ref="llama", down=True),
     }
-    out = {}
-    for label, read in reads.items():
-        read()  # warm: the first statements of a session differ (no cached compiles)
-        with statements(reg) as seen:
-            read()
-        out[label] = len(seen)
-    return out
+    return statement_counts(reg, reads)
 
 
 def test_listing_costs_the_same_statements_for_5_and_25_versions(family, llama_lora):

@@ -22,3 +22,15 @@ def statements(reg) -> Iterator[list[str]]:
         yield seen
     finally:
         event.remove(reg._ctx.db, "before_cursor_execute", count)
+
+
+def statement_counts(reg, reads: dict) -> dict[str, int]:
+    """How many statements each read (label -> callable) runs, once warm: the first statements
+    of a session differ (no cached compiles)."""
+    out = {}
+    for label, read in reads.items():
+        read()
+        with statements(reg) as seen:
+            read()
+        out[label] = len(seen)
+    return out
