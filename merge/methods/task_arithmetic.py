@@ -285,6 +285,8 @@ class TaskArithmetic(MergeMethod):
     from the generator, magnitude pruning does not.
     """
 
+    in_place = True  # prunes and combines in the engine's own delta buffers (``combine(overwrite=True)``)
+
     def __init__(
         self,
         *,
@@ -309,8 +311,6 @@ class TaskArithmetic(MergeMethod):
     def __repr__(self) -> str:
         return (f"TaskArithmetic(name={self.name!r}, prune={self.prune!r}, rescale={self.rescale}, "
                 f"elect_sign={self.elect_sign})")
-
-    in_place = True
 
     def _combine(self, deltas: Sequence[Tensor], weights: list[float], *, params: dict[str, Any],
                  generator: torch.Generator, overwrite: bool = False) -> Tensor:
