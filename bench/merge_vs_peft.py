@@ -206,6 +206,21 @@ def case_floor(work: Path, out: Path) -> None:
             os.fsync(fout.fileno())
 
 
+def prepare_inputs(work: Path, spec: dict) -> None:
+    """The benchmark base and adapter under ``work`` (kept between runs of the same spec)."""
+    stamp = work / "spec.json"
+    if work.exists() and any(work.iterdir()) and not stamp.exists():
+        # Everything under the work dir gets deleted; never do that to a folder we did not make.
+        raise SystemExit(f"{work} is not empty and not a benchmark work dir; pass a new or empty --workdir")
+    if not (stamp.exists() and json.loads(stamp.read_text()) == spec):
+        shutil.rmtree(work, ignore_errors=True)
+        t0 = time.perf_counter()
+        generate_base(work / "base", spec)
+        generate_adapter(work / "adapter", work / "base", spec)
+        stamp.write_text(json.dumps(spec))
+        print(f"generated base + adapter in {time.perf_counter() - t0:.0f} s under {work}", flush=True)
+
+
 CASES = {"peft": case_peft, "peft_fsync": case_peft_fsync, "lorareg": case_lorareg, "floor": case_floor}
 
 
@@ -333,17 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(cases) - CASES.keys()
     if unknown:
         ap.error(f"unknown case(s): {', '.join(sorted(unknown))}")
-    stamp = work / "spec.json"
-    if work.exists() and any(work.iterdir()) and not stamp.exists():
-        # Everything under the work dir gets deleted; never do that to a folder we did not make.
-        raise SystemExit(f"{work} is not empty and not a benchmark work dir; pass a new or empty --workdir")
-    if not (stamp.exists() and json.loads(stamp.read_text()) == spec):
-        shutil.rmtree(work, ignore_errors=True)
-        t0 = time.perf_counter()
-        generate_base(work / "base", spec)
-        generate_adapter(work / "adapter", work / "base", spec)
-        stamp.write_text(json.dumps(spec))
-        print(f"generated base + adapter in {time.perf_counter() - t0:.0f} s under {work}", flush=True)
+    prepare_inputs(work, spec)
     base_bytes = sum(p.stat().st_size for p in (work / "base").iterdir())
     _warm_page_cache(work / "base")
     results = {}

@@ -41,7 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.user_path import LOREG, SIZES, _warm, prepare_inputs
+from bench.merge_vs_peft import prepare_inputs
+from bench.user_path import LOREG, SIZES, _warm
 
 HERE = Path(__file__).resolve().parent
 REGION = "us-east-1"

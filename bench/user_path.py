@@ -122,20 +122,6 @@ def _summary(results: dict[str, list[dict]], base_bytes: int) -> str:
     return "\n".join(rows)
 
 
-def prepare_inputs(work: Path, spec: dict) -> None:
-    """The benchmark base and adapter under ``work`` (kept between runs of the same spec)."""
-    stamp = work / "spec.json"
-    if work.exists() and any(work.iterdir()) and not stamp.exists():
-        raise SystemExit(f"{work} is not empty and not a benchmark work dir; pass a new or empty --workdir")
-    if not (stamp.exists() and json.loads(stamp.read_text()) == spec):
-        shutil.rmtree(work, ignore_errors=True)
-        t0 = time.perf_counter()
-        mvp.generate_base(work / "base", spec)
-        mvp.generate_adapter(work / "adapter", work / "base", spec)
-        stamp.write_text(json.dumps(spec))
-        print(f"generated base + adapter in {time.perf_counter() - t0:.0f} s under {work}", flush=True)
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=SIZES, default="medium")
@@ -157,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     if unknown := set(steps) - set(STEPS):
         ap.error(f"unknown step(s): {', '.join(sorted(unknown))}")
-    prepare_inputs(work, spec)
+    mvp.prepare_inputs(work, spec)
     base_bytes = sum(p.stat().st_size for p in (work / "base").iterdir())
     results: dict[str, list[dict]] = {s: [] for s in steps}
     for run in range(args.runs):
