@@ -14,6 +14,24 @@ import pytest
 pytestmark = pytest.mark.postgres
 
 
+def _at_once(fn, args: list) -> list[BaseException]:
+    """``fn(arg)`` for each arg, each in its own thread, all at once; what they raised."""
+    errors: list[BaseException] = []
+
+    def run(arg):
+        try:
+            fn(arg)
+        except BaseException as exc:  # reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(a,)) for a in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 def test_registry_on_postgres(pg_url, tmp_path, llama, llama_lora):
     from alembic import command
 
@@ -38,21 +56,13 @@ def test_concurrent_writers_get_distinct_versions(pg_url, tmp_path):
     from lorareg import Registry
 
     folders = [make_llama(tmp_path / f"m{i}", seed=100 + i, layers=1) for i in range(4)]
-    errors: list[BaseException] = []
 
     def add(folder):
-        try:
-            with Registry.open(home=tmp_path / "home2", database_url=pg_url) as reg:
-                reg.add_base(path=folder, name="race")
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        with Registry.open(home=tmp_path / "home2", database_url=pg_url) as reg:
+            reg.add_base(path=folder, name="race")
 
     Registry.open(home=tmp_path / "home2", database_url=pg_url).close()
-    threads = [threading.Thread(target=add, args=(f,)) for f in folders]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = _at_once(add, folders)
     assert not errors, errors
     with Registry.open(home=tmp_path / "home2", database_url=pg_url) as reg:
         assert sorted(v.version for v in reg.ls(name="race")) == [1, 2, 3, 4]
@@ -65,25 +75,17 @@ def test_concurrent_upserts_of_one_key_all_succeed(pg_url, tmp_path, llama):
 
     with Registry.open(home=tmp_path / "h", database_url=pg_url) as reg:
         reg.add_base(path=llama, name="llama")
-    errors: list[BaseException] = []
     barrier = threading.Barrier(6)
 
     def race(i: int) -> None:
-        try:
-            with Registry.open(home=tmp_path / "h", database_url=pg_url) as reg:
-                barrier.wait()
-                reg.set_alias(name="llama", alias="prod", version=1)
-                reg.set_tags(ref="llama@1", tags={"stage": f"s{i}"})
-                reg.log_params(ref="llama@1", params={"lr": i})
-                reg.set_setting(key="require-check", value=bool(i % 2))
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        with Registry.open(home=tmp_path / "h", database_url=pg_url) as reg:
+            barrier.wait()
+            reg.set_alias(name="llama", alias="prod", version=1)
+            reg.set_tags(ref="llama@1", tags={"stage": f"s{i}"})
+            reg.log_params(ref="llama@1", params={"lr": i})
+            reg.set_setting(key="require-check", value=bool(i % 2))
 
-    threads = [threading.Thread(target=race, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = _at_once(race, list(range(6)))
     assert not errors, errors
     with Registry.open(home=tmp_path / "h", database_url=pg_url) as reg:
         assert reg.get(ref="llama@prod").ref == "llama@1"
