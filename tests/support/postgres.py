@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.logs import tail
+
 USER = "lorareg"
 
 
@@ -52,10 +54,7 @@ class PostgresServer:
         return name
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join((self.root / "log").read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no server log)"
+        return tail(self.root / "log", lines)
 
 
 def _unavailable() -> str | None:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.logs import tail
+
 REGION = "us-east-1"
 START_TIMEOUT_S = 60.0
 # Each server of `weed server` needs an HTTP and a gRPC port; gRPC defaults to HTTP + 10000,
@@ -193,10 +195,7 @@ class SeaweedServer:
         return name
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join((self.root / "weed.log").read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no server log)"
+        return tail(self.root / "weed.log", lines)
 
 
 @pytest.fixture(scope="session")
