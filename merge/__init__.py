@@ -9,7 +9,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lorareg.merge.adapter import check_adapter_fits, inspect_adapter
+    from lorareg.merge.adapter import inspect_adapter
+    from lorareg.merge.adapter_fit import check_adapter_fits
     from lorareg.merge.engine import merge
     from lorareg.merge.methods import METHODS, Param, get_method
     from lorareg.merge.output_folder import MergeOutput
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from lorareg.merge.quantize import BaseQuantization
 
 _WHERE = {
-    "check_adapter_fits": "adapter", "inspect_adapter": "adapter", "merge": "engine", "METHODS": "methods",
+    "check_adapter_fits": "adapter_fit", "inspect_adapter": "adapter", "merge": "engine", "METHODS": "methods",
     "Param": "methods", "get_method": "methods", "MergeOutput": "output_folder", "AdapterInput": "plan",
     "MergePlan": "plan", "BaseQuantization": "quantize",
 }

@@ -33,14 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from lorareg.errors import MergeError, UnsupportedFeatureError
-from lorareg.merge.adapter import (
-    LoadedAdapter,
-    base_shapes_of,
-    check_layout,
-    inspect_adapter,
-    layout_adapter,
-    load_adapter,
-)
+from lorareg.merge.adapter import LoadedAdapter, inspect_adapter, layout_adapter, load_adapter
+from lorareg.merge.adapter_fit import base_shapes_of, check_layout
 from lorareg.merge.adapter_config import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from lorareg.store.digest import FileDigest, file_sha256
 

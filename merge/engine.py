@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lorareg.errors import IncompatibleAdapterError, MergeError, UnsupportedFeatureError
-from lorareg.merge.adapter import check_layout, inspect_adapter, layout_adapter, load_adapter
+from lorareg.merge.adapter import inspect_adapter, layout_adapter, load_adapter
+from lorareg.merge.adapter_fit import check_layout
 from lorareg.merge import lora_math as d
 from lorareg.merge.arch import input_embedding, tied_pair
 from lorareg.merge.methods import MergeMethod, get_method
