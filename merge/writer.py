@@ -146,6 +146,11 @@ class ShardWriter:
 
     def _emit(self, data: Any, tensor_hash: Any = None) -> None:
         # The hash objects are only ever updated here, one piece at a time, in order.
+        if not self._write:  # hash only: the one hash runs right here, nothing to overlap it with
+            if tensor_hash is not None:
+                tensor_hash.update(data)
+            self._size += len(memoryview(data).cast("B"))
+            return
         hashes = [self._pool.submit(h.update, data) for h in (self._file_hash, tensor_hash) if h is not None]
         try:
             self._file.write(data)
